@@ -1,0 +1,97 @@
+"""One exception tree for Igris, in the style of gpiozero's ``exc.py``.
+
+Every error the agent raises on purpose derives from :class:`IgrisError`;
+leaves also subclass the matching builtin so callers may catch either.
+This module is portable (plain classes, no typing): the MicroPython lite
+agent imports it through :mod:`agent.wire`.
+"""
+
+
+class IgrisError(Exception):
+    """Base of every error Igris raises on purpose."""
+
+
+class ConfigError(IgrisError):
+    """Base for configuration problems."""
+
+
+class ConfigInvalid(ConfigError, ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+class WireError(IgrisError):
+    """Base for problems with messages on the wire."""
+
+
+class EnvelopeRejected(WireError, ValueError):
+    """An envelope was refused; ``reason`` is a short, countable code."""
+
+    def __init__(self, reason, detail=""):
+        self.reason = reason
+        self.detail = detail
+        msg = reason if not detail else reason + ": " + detail
+        super().__init__(msg)
+
+
+class TopicInvalid(WireError, ValueError):
+    """A topic or topic filter does not follow the Igris topic layout."""
+
+
+class IdentityError(IgrisError):
+    """Base for key, certificate and enrollment problems."""
+
+
+class NotEnrolled(IdentityError, FileNotFoundError):
+    """The agent root holds no keys or certificate; run ``igris enroll``."""
+
+
+class KeyFileInvalid(IdentityError, ValueError):
+    """A key file is unreadable, of the wrong size, or has unsafe permissions."""
+
+
+class CertificateInvalid(IdentityError, ValueError):
+    """A certificate's signature, validity window or role does not check out."""
+
+
+class CaError(IdentityError):
+    """The fleet CA directory is missing, incomplete or already initialised."""
+
+
+class TransportError(IgrisError):
+    """Base for transport (MQTT or in-process) problems."""
+
+
+class BrokerUnavailable(TransportError, ConnectionError):
+    """The MQTT broker cannot be reached or refused the connection."""
+
+
+class StorageError(IgrisError):
+    """Base for problems with the agent's SQLite database."""
+
+
+class DatabaseCorrupt(StorageError):
+    """The database file is not a usable SQLite database."""
+
+
+class ProfileNotFound(ConfigError, LookupError):
+    """No target profile of that name ships with Igris."""
+
+
+class ControlError(IgrisError):
+    """Base for problems talking to a running agent over its control socket."""
+
+
+class AgentNotRunning(ControlError, ConnectionError):
+    """No agent answers on the control socket."""
+
+
+class IgrisWarning(Warning):
+    """Base of the warnings Igris gives when it falls back to something."""
+
+
+class NoGpioWarning(IgrisWarning):
+    """No GPIO pins here; the health LED is virtual (shown in ``igris status``)."""
+
+
+class DevelopmentCaWarning(IgrisWarning):
+    """Nothing was enrolled, so the agent made a local development CA."""
