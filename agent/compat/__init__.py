@@ -8,6 +8,7 @@ implementation of canonical JSON, base64url, hashing and clocks.
 
 import binascii
 import hashlib
+import json
 import time
 
 try:
@@ -114,8 +115,6 @@ def _encode_str(s: str, out: list) -> None:
 def _encode_float(f: float) -> str:
     if f != f or f in (float("inf"), float("-inf")):
         raise ValueError("canonical JSON has no NaN or infinity")
-    if f == int(f) and abs(f) < 1e15:
-        return str(int(f))
     text = repr(f)
     if float(text) != f:
         raise ValueError("float does not round-trip: " + text)
@@ -162,13 +161,43 @@ def _encode(obj, out: list) -> None:
         raise ValueError("cannot encode " + repr(type(obj)) + " as canonical JSON")
 
 
-def canonical_json(obj) -> bytes:
-    """Canonical JSON as UTF-8 bytes: keys sorted at every depth, no spaces.
-
-    Integral floats are written as integers and other floats by their
-    shortest round-trip form, so CPython and MicroPython agree byte for byte
-    (MicroPython's ``json`` has no ``sort_keys``, hence this encoder).
-    """
+def canonical_json_portable(obj) -> bytes:
+    """Canonical JSON by the portable encoder (what MicroPython uses)."""
     out = []
     _encode(obj, out)
     return "".join(out).encode("utf-8")
+
+
+def _native_canonical_json(obj) -> bytes:
+    # CPython's C encoder writes exactly what the portable encoder does
+    # (same escapes, shortest round-trip floats) at several times the speed.
+    try:
+        text = json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    return text.encode("utf-8")
+
+
+def _has_native_sort_keys() -> bool:
+    try:
+        json.dumps({}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except TypeError:
+        return False
+    return True
+
+
+_NATIVE_JSON = _has_native_sort_keys()
+
+
+def canonical_json(obj) -> bytes:
+    """Canonical JSON as UTF-8 bytes: keys sorted at every depth, no spaces.
+
+    Floats are written in their shortest round-trip form; NaN and infinity
+    are refused. MicroPython's ``json`` has no ``sort_keys``, so there the
+    portable encoder runs; on CPython the C encoder gives the same bytes faster.
+    """
+    if _NATIVE_JSON:
+        return _native_canonical_json(obj)
+    return canonical_json_portable(obj)

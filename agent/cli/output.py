@@ -1,0 +1,42 @@
+"""How commands print: a human table by default, ``--json`` for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def emit(data: Any, *, as_json: bool, human: Callable[[Any], str] | None = None) -> None:
+    """Print ``data`` as JSON (``--json``) or through ``human`` (default: key/value rows)."""
+    if as_json:
+        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write((human or rows)(data) + "\n")
+
+
+def rows(data: dict[str, Any], indent: int = 0) -> str:
+    """Aligned ``key  value`` rows; nested dicts are indented beneath their key."""
+    if not data:
+        return " " * indent + "(none)"
+    width = max(len(str(k)) for k in data)
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines.append(" " * indent + str(key))
+            lines.append(rows(value, indent + 2))
+        else:
+            lines.append(f"{' ' * indent}{key!s:<{width}}  {_cell(value)}")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "-"
+    return "-" if value is None else str(value)
+
+
+def add_json_flag(parser: Any) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")

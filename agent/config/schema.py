@@ -1,0 +1,194 @@
+"""The agent's settings: every key, its type, default and check, in one table.
+
+ESPHome-style: the whole file is validated before anything starts, and an
+error names the file, the ``[section] key``, what was expected and what was
+found (with a "did you mean" for typos).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from agent.errors import ConfigInvalid, TopicInvalid
+from agent.wire import check_name
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "a positive number"
+
+
+def _name_or_empty(v: str) -> str | None:
+    if v == "":
+        return None
+    try:
+        check_name(v)
+    except TopicInvalid:
+        return "letters, digits, '.', '_' or '-' (1-64 characters)"
+    return None
+
+
+def _broker_url(v: str) -> str | None:
+    if v == "" or v.startswith(("mqtt://", "mqtts://")):
+        return None
+    return "'' (no broker: run alone) or a URL like mqtt://host:1883 or mqtts://host:8883"
+
+
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    def check(v: str) -> str | None:
+        return None if v in choices else "one of " + ", ".join(repr(c) for c in choices)
+
+    return check
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    device_id: str = ""  # "" = the enrolled certificate's subject
+    fleet: str = ""  # "" = the enrolled certificate's fleet
+    target: str = "generic-linux"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettingsSection:
+    broker: str = ""  # "" = no broker: run alone on the in-process transport
+    topic_prefix: str = "igris"
+    protocol: str = "5"
+    keepalive_s: int = 30
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    offline_queue: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    heartbeat_s: float = 10.0
+    sample_s: float = 5.0
+    sysfs_root: str = "/sys"
+    pin_factory: str = ""  # "" = gpiozero's default; "mock" for a board-less test
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    max_message_bytes: int = 65536
+    clock_skew_s: float = 300.0
+
+
+_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
+    ("agent", "device_id"): _name_or_empty,
+    ("agent", "fleet"): _name_or_empty,
+    ("agent", "log_level"): _one_of("debug", "info", "warning", "error"),
+    ("mqtt", "broker"): _broker_url,
+    ("mqtt", "protocol"): _one_of("5", "3.1.1"),
+    ("mqtt", "keepalive_s"): _positive,
+    ("mqtt", "offline_queue"): _positive,
+    ("health", "heartbeat_s"): _positive,
+    ("health", "sample_s"): _positive,
+    ("limits", "max_message_bytes"): _positive,
+    ("limits", "clock_skew_s"): _positive,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The validated configuration of one agent (see ``docs/configuration.md``)."""
+
+    agent: AgentSettings = AgentSettings()
+    mqtt: MqttSettingsSection = MqttSettingsSection()
+    health: HealthSettings = HealthSettings()
+    limits: LimitSettings = LimitSettings()
+
+    def to_dict(self, *, mask_secrets: bool = True) -> dict[str, dict[str, Any]]:
+        """Plain dict of every setting (what ``config.get`` and docs show)."""
+        out: dict[str, dict[str, Any]] = {}
+        for section in fields(self):
+            values = getattr(self, section.name)
+            out[section.name] = {f.name: getattr(values, f.name) for f in fields(values)}
+        if mask_secrets and out["mqtt"]["key_file"]:
+            out["mqtt"]["key_file"] = "***"
+        return out
+
+
+_SECTION_TYPES = {
+    "agent": AgentSettings,
+    "mqtt": MqttSettingsSection,
+    "health": HealthSettings,
+    "limits": LimitSettings,
+}
+
+
+def section_keys() -> dict[str, list[str]]:
+    """Every ``[section]`` and the keys it may hold."""
+    return {name: [f.name for f in fields(cls)] for name, cls in _SECTION_TYPES.items()}
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Check a value against the default's type; strings from env are converted."""
+    want = type(default)
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
+                                                         "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigInvalid(f"{where}: expected true or false, got {value!r}")
+    if want is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigInvalid(f"{where}: expected an integer, got {value!r}")
+    if want is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigInvalid(f"{where}: expected a number, got {value!r}")
+    if not isinstance(value, str):
+        raise ConfigInvalid(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _unknown(kind: str, name: str, known: list[str], where: str) -> ConfigInvalid:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
+    return ConfigInvalid(f"{where}: unknown {kind} {name!r}{hint}")
+
+
+def build_config(layers: list[tuple[str, dict[str, Any]]]) -> Config:
+    """Merge ``(source_name, {section: {key: value}})`` layers, later ones winning.
+
+    Every key is checked against its source, so errors say whether the bad
+    value came from the file, the environment or the command line.
+    """
+    merged: dict[str, dict[str, Any]] = {name: {} for name in _SECTION_TYPES}
+    for source, data in layers:
+        if not isinstance(data, dict):
+            raise ConfigInvalid(f"{source}: expected tables of settings")
+        for section, values in data.items():
+            if section not in _SECTION_TYPES:
+                raise _unknown("section", section, list(_SECTION_TYPES), source)
+            if not isinstance(values, dict):
+                raise ConfigInvalid(f"{source}: [{section}] must be a table")
+            defaults = _SECTION_TYPES[section]()
+            names = [f.name for f in fields(defaults)]
+            for key, raw in values.items():
+                where = f"{source}: [{section}] {key}"
+                if key not in names:
+                    raise _unknown(f"key in [{section}]", key, names, source)
+                value = _coerce(raw, getattr(defaults, key), where)
+                check = _CHECKS.get((section, key))
+                problem = check(value) if check else None
+                if problem:
+                    raise ConfigInvalid(f"{where}: expected {problem}, got {value!r}")
+                merged[section][key] = value
+    return Config(**{name: cls(**merged[name]) for name, cls in _SECTION_TYPES.items()})

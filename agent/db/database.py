@@ -1,0 +1,136 @@
+"""The agent's one SQLite file: WAL, versioned schema, clear errors when it is bad.
+
+Components get the :class:`Database` from the runtime and add their tables
+through :data:`MIGRATIONS` (append only: a released migration never changes),
+so every device can be upgraded from any earlier version in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from agent.errors import DatabaseCorrupt, StorageError
+
+log = logging.getLogger(__name__)
+
+# (version, SQL). Append new versions; never edit a released one.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
+)
+
+
+class Database:
+    """One SQLite connection in WAL mode, opened and migrated by :meth:`open`.
+
+    >>> db = Database.open(Path("/tmp/igris.db"))   # doctest: +SKIP
+    >>> db.next_session()                           # doctest: +SKIP
+    1
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection):
+        self.path = path
+        self.conn = conn
+
+    @classmethod
+    def open(cls, path: Path) -> Database:
+        """Open (creating if absent), check and migrate the database at ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open database {str(path)!r}: {exc}") from None
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise DatabaseCorrupt(
+                f"{str(path)!r} is not a usable SQLite database ({exc}). The agent will "
+                "not touch it: move it aside (keep it for recovery) and start again to "
+                "create a new one."
+            ) from None
+        db = cls(path, conn)
+        db._migrate()
+        return db
+
+    @property
+    def schema_version(self) -> int:
+        row = self.conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        return row[0] or 0
+
+    def _migrate(self) -> None:
+        conn = self.conn
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version "
+            "(version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)"
+        )
+        current = self.schema_version
+        newest = MIGRATIONS[-1][0]
+        if current > newest:
+            raise StorageError(
+                f"{str(self.path)!r} has schema version {current}, newer than this agent "
+                f"knows ({newest}); upgrade the agent or restore a matching database"
+            )
+        for version, sql in MIGRATIONS:
+            if version <= current:
+                continue
+            log.info("migrating %s to schema version %d", self.path, version)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_version VALUES (?, CAST(strftime('%s','now') AS INTEGER)"
+                    " * 1000)",
+                    (version,),
+                )
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                conn.execute("ROLLBACK")
+                raise
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def next_session(self) -> int:
+        """Count up and return this run's session number (survives restarts).
+
+        Written with ``synchronous=FULL`` semantics (a checkpointed commit),
+        because a session number handed out twice would let a stale death
+        kill a live device.
+        """
+        conn = self.conn
+        conn.execute("PRAGMA synchronous=FULL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            session = int(self.get_meta("session") or 0) + 1
+            self.set_meta("session", str(session))
+            conn.execute("COMMIT")
+        finally:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        return session
+
+    def close(self) -> None:
+        self.conn.close()

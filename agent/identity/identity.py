@@ -1,0 +1,96 @@
+"""A device's own identity: its keys, its certificate and the CA it trusts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.public
+import nacl.signing
+
+from agent.compat import b64url_encode
+from agent.errors import CertificateInvalid, NotEnrolled
+from agent.identity.ca import read_public_key
+from agent.identity.certificate import Certificate, key_id, verify_certificate
+from agent.identity.keyfiles import read_key
+from agent.identity.layout import RootLayout
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Everything this device needs to sign, seal and verify.
+
+    >>> ident = Identity.load(Path("/var/lib/igris"))   # doctest: +SKIP
+    >>> sig = ident.sign(b"hello")                       # doctest: +SKIP
+    """
+
+    certificate: Certificate
+    signing_key: nacl.signing.SigningKey
+    box_key: nacl.public.PrivateKey
+    ca_public: bytes
+
+    @property
+    def device_id(self) -> str:
+        return self.certificate.subject
+
+    @property
+    def role(self) -> str:
+        return self.certificate.role
+
+    @property
+    def fleet(self) -> str:
+        return self.certificate.fleet
+
+    def sign(self, message: bytes) -> bytes:
+        """Ed25519 signature of ``message`` (64 bytes)."""
+        return self.signing_key.sign(message).signature
+
+    def public_summary(self) -> dict[str, object]:
+        """What ``igris keys show`` prints: public material only."""
+        cert = self.certificate
+        return {
+            "device_id": cert.subject,
+            "role": cert.role,
+            "fleet": cert.fleet,
+            "groups": list(cert.groups),
+            "caps": list(cert.caps),
+            "sign_key": b64url_encode(cert.sign_key),
+            "sign_key_id": key_id(cert.sign_key),
+            "box_key": b64url_encode(cert.box_key),
+            "ca_key_id": key_id(self.ca_public),
+            "not_before_ms": cert.not_before_ms,
+            "not_after_ms": cert.not_after_ms,
+            "serial": cert.serial,
+        }
+
+    @classmethod
+    def load(cls, root: Path, *, now_ms: int | None = None) -> Identity:
+        """Load and cross-check the files ``igris enroll`` wrote into ``root``.
+
+        With ``now_ms`` the certificate's validity window is checked too.
+        """
+        layout = RootLayout(root)
+        if not layout.is_enrolled():
+            raise NotEnrolled(
+                f"{str(root)!r} holds no certificate; enroll it with: "
+                f"igris enroll --root {root} --ca CA_DIR --device-id ID"
+            )
+        try:
+            cert = Certificate.from_dict(json.loads(layout.certificate.read_text()))
+        except ValueError as exc:
+            raise CertificateInvalid(f"{str(layout.certificate)!r}: {exc}") from None
+        signing_key = nacl.signing.SigningKey(read_key(layout.sign_key))
+        box_key = nacl.public.PrivateKey(read_key(layout.box_key))
+        ca_public = read_public_key(layout.ca_public)
+        if bytes(signing_key.verify_key) != cert.sign_key:
+            raise CertificateInvalid(
+                f"{str(layout.sign_key)!r} does not match the key in {str(layout.certificate)!r}"
+            )
+        if bytes(box_key.public_key) != cert.box_key:
+            raise CertificateInvalid(
+                f"{str(layout.box_key)!r} does not match the key in {str(layout.certificate)!r}"
+            )
+        if now_ms is not None:
+            verify_certificate(cert, ca_public, now_ms)
+        return cls(cert, signing_key, box_key, ca_public)

@@ -1,0 +1,256 @@
+"""The composition root: builds every part of one agent, owns and stops them.
+
+Nothing below this module knows how the agent is put together; components
+get what they need (transport, channel, database, identity, clock) here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.compat import wall_ms
+from agent.config import Config
+from agent.control import SOCKET_NAME, ControlServer
+from agent.db import Database
+from agent.device import HealthLed, HealthMonitor, HealthReport, led_state_for, load_profile
+from agent.device.pins import make_pin_factory
+from agent.errors import ConfigInvalid
+from agent.identity import SignedChannel, TrustStore
+from agent.mesh import Presence
+from agent.runtime.bootstrap import load_or_enroll_dev
+from agent.runtime.sdnotify import SystemdNotifier
+from agent.transport import InprocTransport, MqttSettings, MqttTransport, Transport
+from agent.versions import versions
+from agent.wire import Envelope, HybridClock, Topics
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "igris.db"
+_UNIX_PATH_MAX = 107
+
+
+class Runtime:
+    """One agent: ``await rt.start()``, then ``await rt.stop()``.
+
+    >>> rt = Runtime(Path("/var/lib/igris"), config)   # doctest: +SKIP
+    >>> await rt.start()                                # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        config: Config,
+        *,
+        now_ms: Callable[[], int] = wall_ms,
+        notifier: SystemdNotifier | None = None,
+    ):
+        self.root = root
+        self.config = config
+        self._now_ms = now_ms
+        self.notifier = notifier or SystemdNotifier()
+        self.started_monotonic = time.monotonic()
+        self.stopped = asyncio.Event()
+        self.heard: dict[str, int] = {}  # device id -> wall ms last heard (until membership)
+        self.last_error: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.health: HealthReport | None = None
+        self.booting = True
+
+        socket_path = root / SOCKET_NAME
+        if len(str(socket_path)) > _UNIX_PATH_MAX:
+            raise ConfigInvalid(
+                f"root {str(root)!r} is too long for the control socket's path "
+                f"({len(str(socket_path))} > {_UNIX_PATH_MAX} characters); use a shorter --root"
+            )
+        self.identity = load_or_enroll_dev(root, config.agent.device_id, now_ms=now_ms())
+        if config.agent.device_id and config.agent.device_id != self.identity.device_id:
+            raise ConfigInvalid(
+                f"[agent] device_id is {config.agent.device_id!r} but {root} is enrolled as "
+                f"{self.identity.device_id!r}; re-enroll the root or drop the setting"
+            )
+        if config.agent.fleet and config.agent.fleet != self.identity.fleet:
+            raise ConfigInvalid(
+                f"[agent] fleet is {config.agent.fleet!r} but the certificate in {root} is "
+                f"for fleet {self.identity.fleet!r}"
+            )
+        self.profile = load_profile(config.agent.target)
+        self.db = Database.open(root / DB_NAME)
+        self.session = self.db.next_session()
+        self.topics = Topics(self.identity.fleet, config.mqtt.topic_prefix)
+        self.transport = self._make_transport()
+        self.hlc = HybridClock(now_ms)
+        self.trust = TrustStore(self.identity.ca_public, fleet=self.identity.fleet, now_ms=now_ms)
+        self.channel = SignedChannel(
+            self.transport, self.identity, self.trust, hlc=self.hlc, now_ms=now_ms,
+            max_bytes=config.limits.max_message_bytes,
+            skew_ms=int(config.limits.clock_skew_s * 1000),
+        )
+        pin_factory = make_pin_factory(config.health.pin_factory)
+        self.monitor = HealthMonitor(
+            self.profile, sysfs_root=Path(config.health.sysfs_root), pin_factory=pin_factory
+        )
+        self.led = HealthLed(
+            self.profile.led.pin, active_high=self.profile.led.active_high,
+            pin_factory=pin_factory,
+        )
+        self.presence = Presence(
+            self.channel, self.topics, session=self.session, describe=self._describe,
+            health=self._health_summary, heartbeat_s=config.health.heartbeat_s,
+        )
+        self.control = ControlServer(socket_path, {
+            "status": self._rpc_status,
+            "led.test": self._rpc_led_test,
+        })
+
+    def _make_transport(self) -> Transport:
+        mqtt = self.config.mqtt
+        if not mqtt.broker:
+            return InprocTransport(client_id=self.identity.device_id)
+        settings = MqttSettings.from_url(
+            mqtt.broker,
+            client_id=self.identity.device_id,
+            keepalive=mqtt.keepalive_s,
+            protocol=mqtt.protocol,
+            ca_file=mqtt.ca_file or None,
+            cert_file=mqtt.cert_file or None,
+            key_file=mqtt.key_file or None,
+            max_offline_queue=mqtt.offline_queue,
+        )
+        return MqttTransport(settings)
+
+    async def start(self) -> None:
+        """Bring the agent up; returns once the birth is published (or queued)."""
+        self.led.show(led_state_for(booting=True, connected=None, health=None, error=False))
+        await self.control.start()
+        self.health = await self.monitor.sample()
+        self.transport.set_will(self.presence.will())
+        self.transport.add_connection_listener(self._on_connection)
+        await self.transport.start()
+        await self.channel.subscribe(self.topics.filter("node", "+", "state"), self._on_peer)
+        await self.channel.subscribe(self.topics.filter("node", "+", "hb"), self._on_peer)
+        await self.presence.start()
+        self.booting = False
+        self._refresh_led()
+        self._spawn(self._sample_health(), "igris.health")
+        if self.notifier.watchdog_s:
+            self._spawn(self._watchdog(self.notifier.watchdog_s / 2), "igris.watchdog")
+        self.notifier.notify("READY=1", f"STATUS=device {self.identity.device_id} up")
+        log.info(
+            "agent %s up: fleet %s, session %d, %s", self.identity.device_id,
+            self.identity.fleet, self.session,
+            self.config.mqtt.broker or "no broker (in-process transport)",
+        )
+
+    async def stop(self) -> None:
+        """Stop cleanly: death published, broker disconnected, database closed."""
+        self.notifier.notify("STOPPING=1")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.presence.stop()
+        finally:
+            await self.transport.stop()
+            await self.control.stop()
+            self.led.close()
+            self.db.close()
+            self.stopped.set()
+        log.info("agent %s stopped", self.identity.device_id)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    def _on_peer(self, env: Envelope, _message: Any) -> None:
+        if env.src != self.identity.device_id:
+            self.heard[env.src] = self._now_ms()
+
+    def _on_connection(self, connected: bool) -> None:
+        log.info("broker %s", "connected" if connected else "lost")
+        self._refresh_led()
+
+    def _refresh_led(self) -> None:
+        connected = self.transport.connected if self.config.mqtt.broker else None
+        self.led.show(led_state_for(
+            booting=self.booting, connected=connected,
+            health=self.health.status if self.health else None,
+            error=self.last_error is not None,
+        ))
+
+    async def _sample_health(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health.sample_s)
+            try:
+                self.health = await self.monitor.sample()
+                self.last_error = None
+            except Exception as exc:
+                log.exception("health sample failed")
+                self.last_error = f"health sample failed: {exc!r}"
+            self._refresh_led()
+
+    async def _watchdog(self, interval_s: float) -> None:
+        # Runs on the loop: if the loop is blocked, pings stop and systemd restarts us.
+        while True:
+            self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(interval_s)
+
+    def _describe(self) -> dict[str, Any]:
+        cert = self.identity.certificate
+        return {
+            "target": self.profile.name,
+            "version": __version__,
+            "groups": list(cert.groups),
+            "caps": list(cert.caps),
+            "role": cert.role,
+        }
+
+    def _health_summary(self) -> dict[str, Any]:
+        return self.health.to_dict() if self.health else {}
+
+    def status(self) -> dict[str, Any]:
+        """Everything ``igris status`` shows."""
+        stats = self.transport.stats
+        return {
+            "device_id": self.identity.device_id,
+            "fleet": self.identity.fleet,
+            "role": self.identity.role,
+            "target": self.profile.name,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 1),
+            "session": self.session,
+            "broker": {
+                "url": self.config.mqtt.broker or None,
+                "connected": self.transport.connected,
+                "published": stats.published,
+                "received": stats.received,
+                "reconnects": stats.reconnects,
+                "queued_offline": stats.queued_offline,
+                "dropped_offline": stats.dropped_offline,
+            },
+            "messages": {
+                "accepted": self.channel.accepted,
+                "dropped": dict(self.channel.dropped),
+                "handler_errors": stats.handler_errors,
+            },
+            "peers_heard": len(self.heard),
+            "heartbeats_sent": self.presence.heartbeats_sent,
+            "health": self._health_summary(),
+            "led": self.led.state,
+            "error": self.last_error,
+            "versions": versions(),
+        }
+
+    async def _rpc_status(self, _params: dict[str, Any]) -> dict[str, Any]:
+        return self.status()
+
+    async def _rpc_led_test(self, params: dict[str, Any]) -> list[str]:
+        dwell = float(params.get("dwell_s", 1.0))
+        shown = [state async for state in self.led.cycle(dwell)]
+        self._refresh_led()
+        return shown
