@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     en.add_argument("--root", type=Path, required=True, help="agent root to enroll")
     en.add_argument("--ca", type=Path, required=True, help="fleet CA directory")
     en.add_argument("--device-id", required=True, help="device (or operator) id")
-    en.add_argument("--role", choices=["device", "operator", "scheduler"], default="device")
+    en.add_argument("--role", choices=["device", "operator", "scheduler"], default="device",
+                    help="what the certificate lets it do (default: device)")
     en.add_argument("--group", action="append", default=[], help="group (repeatable)")
     en.add_argument("--cap", action="append", default=[],
                     help="capability, e.g. model:digits (repeatable)")

@@ -40,8 +40,8 @@ async def _cycle_locally(args: argparse.Namespace) -> list[str]:
     try:
         async for state in led.cycle(args.dwell):
             if not args.json:
-                print(f"showing {state}", file=sys.stderr)
-            shown.append(state)
+                print(f"showing {state.value}", file=sys.stderr)
+            shown.append(state.value)
     finally:
         led.close()
     return shown

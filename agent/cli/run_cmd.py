@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import warnings
 from pathlib import Path
 
 from agent.cli.common import add_root_option, resolve_root
 from agent.config import load_config
-from agent.runtime import serve
 
 HELP = "run the agent in the foreground until SIGTERM/SIGINT"
 EPILOG = """\
@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fleet", help="fleet name (must match the certificate)")
     p.add_argument("--device-id", help="device id (must match the certificate)")
     p.add_argument("--target", help="hardware profile, e.g. rpi4, pi-zero-2w, generic-linux")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="log verbosity (default: info)")
     p.set_defaults(func=run)
 
 
@@ -49,6 +50,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, str]]:
     return out
 
 
+def _one_line_warning(message, category, *_args, **_kw) -> str:  # type: ignore[no-untyped-def]
+    return f"{category.__name__}: {message}"
+
+
 def run(args: argparse.Namespace) -> int:
     root = resolve_root(args)
     config = load_config(root, config_file=args.config, overrides=_overrides(args))
@@ -57,5 +62,9 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.captureWarnings(True)
+    warnings.formatwarning = _one_line_warning
+    # Imported here so commands that only talk to a running agent stay light.
+    from agent.runtime import serve
+
     asyncio.run(serve(root, config))
     return 0

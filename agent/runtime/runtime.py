@@ -127,7 +127,9 @@ class Runtime:
 
     async def start(self) -> None:
         """Bring the agent up; returns once the birth is published (or queued)."""
-        self.led.show(led_state_for(booting=True, connected=None, health=None, error=False))
+        self.led.show(
+            led_state_for(booting=True, connected=None, health_status="healthy", error=False)
+        )
         await self.control.start()
         self.health = await self.monitor.sample()
         self.transport.set_will(self.presence.will())
@@ -160,6 +162,7 @@ class Runtime:
             await self.transport.stop()
             await self.control.stop()
             self.led.close()
+            self.monitor.close()
             self.db.close()
             self.stopped.set()
         log.info("agent %s stopped", self.identity.device_id)
@@ -172,14 +175,15 @@ class Runtime:
             self.heard[env.src] = self._now_ms()
 
     def _on_connection(self, connected: bool) -> None:
-        log.info("broker %s", "connected" if connected else "lost")
+        if self.config.mqtt.broker:
+            log.info("broker %s %s", self.config.mqtt.broker, "connected" if connected else "lost")
         self._refresh_led()
 
     def _refresh_led(self) -> None:
         connected = self.transport.connected if self.config.mqtt.broker else None
         self.led.show(led_state_for(
             booting=self.booting, connected=connected,
-            health=self.health.status if self.health else None,
+            health_status=self.health.status if self.health else "healthy",
             error=self.last_error is not None,
         ))
 
@@ -241,7 +245,7 @@ class Runtime:
             "peers_heard": len(self.heard),
             "heartbeats_sent": self.presence.heartbeats_sent,
             "health": self._health_summary(),
-            "led": self.led.state,
+            "led": self.led.state.value,
             "error": self.last_error,
             "versions": versions(),
         }
@@ -251,6 +255,6 @@ class Runtime:
 
     async def _rpc_led_test(self, params: dict[str, Any]) -> list[str]:
         dwell = float(params.get("dwell_s", 1.0))
-        shown = [state async for state in self.led.cycle(dwell)]
+        shown = [state.value async for state in self.led.cycle(dwell)]
         self._refresh_led()
         return shown
