@@ -48,6 +48,7 @@ class Presence:
         self.heartbeat_s = heartbeat_s
         self.heartbeats_sent = 0
         self._task: asyncio.Task[None] | None = None
+        self._rebirths: set[asyncio.Task[None]] = set()
         self._device = channel.identity.device_id
 
     def will(self) -> Will:
@@ -62,10 +63,11 @@ class Presence:
 
     async def stop(self) -> None:
         """Stop heartbeats and publish a graceful death (retained) for this session."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [*self._rebirths, *([self._task] if self._task else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
         await self.channel.publish(
             self.topics.state(self._device), "death",
             {"session": self.session, "reason": "shutdown"}, qos=1, retain=True,
@@ -84,9 +86,12 @@ class Presence:
 
     def _on_connection(self, connected: bool) -> None:
         if connected and self._task is not None:
-            asyncio.get_running_loop().create_task(
+            task = asyncio.get_running_loop().create_task(
                 self.publish_birth(), name="igris.presence.rebirth"
             )
+            # Held until done: the loop keeps only weak references to tasks.
+            self._rebirths.add(task)
+            task.add_done_callback(self._rebirths.discard)
 
     async def _beat(self) -> None:
         while True:

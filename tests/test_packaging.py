@@ -1,0 +1,49 @@
+"""The built wheel works outside the repository: profiles and policy ship inside it."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_installs_and_runs_from_any_directory(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"),
+         str(REPO)],
+        check=True, timeout=300, cwd=tmp_path,
+    )
+    (wheel,) = (tmp_path / "dist").glob("igris_agent-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "agent/profiles/pi-zero-2w.toml" in names
+    assert "agent/policy_default/policy.json" in names
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+         str(wheel)],
+        check=True, timeout=300,
+    )
+    # Run from an empty directory with only the installed copy ahead on the path.
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    code = (
+        "import json, agent, agent.device as d\n"
+        "from importlib.resources import files\n"
+        "print(json.dumps({'file': agent.__file__, 'profiles': d.available_profiles(),\n"
+        " 'policy': json.loads(files('agent.policy_default').joinpath('policy.json')"
+        ".read_text())['version']}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, cwd=tmp_path, env=env, timeout=60).stdout
+    found = json.loads(out)
+    assert found["file"].startswith(str(site))
+    assert {"generic-linux", "rpi4", "rpi5", "pi-zero-2w", "jetson-orin-nano"} <= set(
+        found["profiles"])
+    assert found["policy"] == 1
+    version = subprocess.run([sys.executable, "-m", "agent", "version", "--json"], check=True,
+                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert json.loads(version.stdout)["igris"]
