@@ -325,7 +325,10 @@ class _Table:
     def fail(self, key: str, expected: str, value: Any = _MISSING) -> NoReturn:
         where = f"{self._prefix}{key}"
         if value is _MISSING:
-            raise ConfigInvalid(f"{self._file}: {where!r} is missing; expected {expected}")
+            others = [k for k in self._data if k != key]
+            close = difflib.get_close_matches(key, others, n=1)
+            typo = f" (is {self._prefix + close[0]!r} a typo?)" if close else ""
+            raise ConfigInvalid(f"{self._file}: {where!r} is missing{typo}; expected {expected}")
         raise ConfigInvalid(f"{self._file}: {where!r} must be {expected}, got {value!r}")
 
     def finish(self) -> None:
