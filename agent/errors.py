@@ -11,11 +11,30 @@ class IgrisError(Exception):
     """Base of every error Igris raises on purpose."""
 
 
+# Leaves also subclass the matching builtin on CPython. MicroPython allows only one
+# builtin base per class ("multiple bases have instance lay-out conflict") and has
+# no FileNotFoundError, ConnectionError or Warning: there the leaves keep only their
+# Igris parent, so portable code catches the Igris classes, never the builtins.
+try:
+
+    class _Probe(IgrisError, ValueError):
+        pass
+
+    _ValueError = ValueError
+    _LookupError = LookupError
+    _FileNotFoundError = FileNotFoundError
+    _ConnectionError = ConnectionError
+    _Warning = Warning
+except TypeError:
+    _ValueError = _LookupError = _FileNotFoundError = _ConnectionError = object
+    _Warning = Exception
+
+
 class ConfigError(IgrisError):
     """Base for configuration problems."""
 
 
-class ConfigInvalid(ConfigError, ValueError):
+class ConfigInvalid(ConfigError, _ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
 
 
@@ -23,7 +42,7 @@ class WireError(IgrisError):
     """Base for problems with messages on the wire."""
 
 
-class EnvelopeRejected(WireError, ValueError):
+class EnvelopeRejected(WireError, _ValueError):
     """An envelope was refused; ``reason`` is a short, countable code."""
 
     def __init__(self, reason, detail=""):
@@ -33,7 +52,7 @@ class EnvelopeRejected(WireError, ValueError):
         super().__init__(msg)
 
 
-class TopicInvalid(WireError, ValueError):
+class TopicInvalid(WireError, _ValueError):
     """A topic or topic filter does not follow the Igris topic layout."""
 
 
@@ -41,15 +60,15 @@ class IdentityError(IgrisError):
     """Base for key, certificate and enrollment problems."""
 
 
-class NotEnrolled(IdentityError, FileNotFoundError):
+class NotEnrolled(IdentityError, _FileNotFoundError):
     """The agent root holds no keys or certificate; run ``igris enroll``."""
 
 
-class KeyFileInvalid(IdentityError, ValueError):
+class KeyFileInvalid(IdentityError, _ValueError):
     """A key file is unreadable, of the wrong size, or has unsafe permissions."""
 
 
-class CertificateInvalid(IdentityError, ValueError):
+class CertificateInvalid(IdentityError, _ValueError):
     """A certificate's signature, validity window or role does not check out."""
 
 
@@ -61,7 +80,7 @@ class TransportError(IgrisError):
     """Base for transport (MQTT or in-process) problems."""
 
 
-class BrokerUnavailable(TransportError, ConnectionError):
+class BrokerUnavailable(TransportError, _ConnectionError):
     """The MQTT broker cannot be reached or refused the connection."""
 
 
@@ -73,7 +92,7 @@ class DatabaseCorrupt(StorageError):
     """The database file is not a usable SQLite database."""
 
 
-class ProfileNotFound(ConfigError, LookupError):
+class ProfileNotFound(ConfigError, _LookupError):
     """No target profile of that name ships with Igris."""
 
 
@@ -81,11 +100,11 @@ class ControlError(IgrisError):
     """Base for problems talking to a running agent over its control socket."""
 
 
-class AgentNotRunning(ControlError, ConnectionError):
+class AgentNotRunning(ControlError, _ConnectionError):
     """No agent answers on the control socket."""
 
 
-class IgrisWarning(Warning):
+class IgrisWarning(_Warning):
     """Base of the warnings Igris gives when it falls back to something."""
 
 

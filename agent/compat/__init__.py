@@ -9,6 +9,7 @@ implementation of canonical JSON, base64url, hashing and clocks.
 import binascii
 import hashlib
 import json
+import struct
 import time
 
 try:
@@ -52,17 +53,28 @@ def b64url_encode(data: bytes) -> str:
     return text.replace("+", "-").replace("/", "_").rstrip("=")
 
 
+_B64URL_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
 def b64url_decode(text: str) -> bytes:
-    """Inverse of :func:`b64url_encode`; raises ``ValueError`` on bad input."""
+    """Inverse of :func:`b64url_encode`; raises ``ValueError`` on bad input.
+
+    Only the canonical form is accepted (ASCII alphabet, no padding, zero pad
+    bits), so one byte string has exactly one text.
+    """
     if not isinstance(text, str):
         raise ValueError("base64url text must be a string")
-    for ch in text:
-        if not (ch.isalpha() or ch.isdigit() or ch in "-_"):
-            raise ValueError("not base64url: " + repr(text[:16]))
+    # strip() leaves something only if a character is outside the alphabet (an
+    # explicit ASCII set: isalpha/isdigit are Unicode-wide on CPython).
+    if text.strip(_B64URL_CHARS):
+        raise ValueError("not base64url: " + repr(text[:16]))
     if len(text) % 4 == 1:
         raise ValueError("base64url text has an impossible length")
     padded = text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4)
-    return binascii.a2b_base64(padded.encode())
+    data = binascii.a2b_base64(padded.encode())
+    if b64url_encode(data) != text:
+        raise ValueError("base64url text has non-zero pad bits: " + repr(text[-4:]))
+    return data
 
 
 def sha256(data: bytes) -> bytes:
@@ -107,6 +119,8 @@ def _encode_str(s: str, out: list) -> None:
             out.append(esc)
         elif ord(ch) < 0x20:
             out.append("\\u%04x" % ord(ch))
+        elif 0xD800 <= ord(ch) <= 0xDFFF:  # MicroPython's str holds them; UTF-8 has no form
+            raise ValueError("canonical JSON has no lone surrogates")
         else:
             out.append(ch)
     out.append('"')
@@ -115,10 +129,96 @@ def _encode_str(s: str, out: list) -> None:
 def _encode_float(f: float) -> str:
     if f != f or f in (float("inf"), float("-inf")):
         raise ValueError("canonical JSON has no NaN or infinity")
-    text = repr(f)
+    text = _shortest_repr(f)
     if float(text) != f:
         raise ValueError("float does not round-trip: " + text)
     return text
+
+
+def _shortest_repr(f: float) -> str:
+    """``repr(f)`` as CPython writes it (shortest round-trip digits), in exact integers.
+
+    MicroPython's repr is round-trip but not always shortest (1.27 writes
+    -85.85431503591251 for -85.8543150359125, 4.940656458412465e-324 for 5e-324),
+    so canonical JSON cannot use it there. Finite ``f`` only.
+    """
+    bits = struct.unpack(">Q", struct.pack(">d", f))[0]
+    sign = "-" if bits >> 63 else ""
+    exp_bits = (bits >> 52) & 0x7FF
+    frac = bits & 0xFFFFFFFFFFFFF
+    if exp_bits == 0 and frac == 0:
+        return sign + "0.0"
+    if exp_bits == 0:
+        m, e = frac, -1074
+    else:
+        m, e = frac | (1 << 52), exp_bits - 1075
+    # f = m * 2**e; everything below is scaled by 4 * 2**-e so the rounding interval's
+    # ends (half an ulp each side, a quarter below at a power of two) are integers.
+    lower = 1 if (frac == 0 and exp_bits > 1) else 2
+    if e >= 2:
+        scale, den = 1 << (e - 2), 1
+    else:
+        scale, den = 1, 1 << (2 - e)
+    num = 4 * m * scale
+    high = (4 * m + 2) * scale
+    low = (4 * m - lower) * scale
+    inclusive = m % 2 == 0  # round-half-even: a tie reads back as f only if m is even
+    # decimal exponent: 10**k10 <= f < 10**(k10 + 1)
+    k10 = len(str(num // den)) - 1 if num >= den else -len(str(den // num))
+    while _cmp_pow10(num, den, k10 + 1) >= 0:
+        k10 += 1
+    while _cmp_pow10(num, den, k10) < 0:
+        k10 -= 1
+    for digits in range(1, 18):
+        k = k10 - digits + 1
+        if k >= 0:
+            n, d = num, den * 10 ** k
+        else:
+            n, d = num * 10 ** (-k), den
+        q = n // d
+        best = None
+        for cand in (q, q + 1):  # the two nearest decimals with this many digits
+            if k >= 0:
+                c_n, c_d = cand * 10 ** k, 1
+            else:
+                c_n, c_d = cand, 10 ** (-k)
+            lo_ok = c_n * den > low * c_d or (inclusive and c_n * den == low * c_d)
+            hi_ok = c_n * den < high * c_d or (inclusive and c_n * den == high * c_d)
+            if lo_ok and hi_ok:
+                dist = abs(c_n * den - num * c_d)
+                # nearest to f; on a tie the even one, as CPython's repr does
+                if best is None or dist < best[0] or (dist == best[0] and cand % 2 == 0):
+                    best = (dist, cand)
+        if best is not None:
+            return sign + _format_repr(best[1], k)
+    raise ValueError("no round-trip form for %r" % f)
+
+
+def _cmp_pow10(num, den, k):
+    # sign of num/den - 10**k
+    if k >= 0:
+        a, b = num, den * 10 ** k
+    else:
+        a, b = num * 10 ** (-k), den
+    return (a > b) - (a < b)
+
+
+def _format_repr(q: int, k: int) -> str:
+    # q * 10**k, laid out as CPython's float repr does
+    while q % 10 == 0:
+        q //= 10
+        k += 1
+    digits = str(q)
+    point = len(digits) + k  # value = 0.<digits> * 10**point
+    if -4 < point <= 16:
+        if point <= 0:
+            return "0." + "0" * (-point) + digits
+        if point >= len(digits):
+            return digits + "0" * (point - len(digits)) + ".0"
+        return digits[:point] + "." + digits[point:]
+    exp = point - 1
+    mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+    return mantissa + ("e-" if exp < 0 else "e+") + ("%02d" % abs(exp))
 
 
 def _encode(obj, out: list) -> None:
@@ -147,9 +247,10 @@ def _encode(obj, out: list) -> None:
     elif isinstance(obj, dict):
         out.append("{")
         first = True
-        for key in sorted(obj):
+        for key in obj:  # check before sorting: sorted() raises TypeError on mixed types
             if not isinstance(key, str):
                 raise ValueError("canonical JSON keys must be strings, got " + repr(key))
+        for key in sorted(obj):
             if not first:
                 out.append(",")
             first = False
@@ -171,24 +272,28 @@ def canonical_json_portable(obj) -> bytes:
 def _native_canonical_json(obj) -> bytes:
     # CPython's C encoder writes exactly what the portable encoder does
     # (same escapes, shortest round-trip floats) at several times the speed.
+    # One difference is left on purpose: it turns non-string keys into strings
+    # where the portable encoder refuses them; walking every body to refuse
+    # them here would cost more than half of an encode. Bodies use string keys.
     try:
-        text = json.dumps(
-            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        text = _NATIVE_ENCODER.encode(obj)
     except TypeError as exc:
         raise ValueError(str(exc)) from None
     return text.encode("utf-8")
 
 
-def _has_native_sort_keys() -> bool:
+def _native_encoder():
+    # One encoder made up front: json.dumps with options builds a new one per call.
     try:
-        json.dumps({}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    except TypeError:
-        return False
-    return True
+        return json.JSONEncoder(
+            sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (AttributeError, TypeError):  # MicroPython: no JSONEncoder, no sort_keys
+        return None
 
 
-_NATIVE_JSON = _has_native_sort_keys()
+_NATIVE_ENCODER = _native_encoder()
+_NATIVE_JSON = _NATIVE_ENCODER is not None
 
 
 def canonical_json(obj) -> bytes:

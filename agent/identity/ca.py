@@ -97,6 +97,8 @@ class FleetCa:
     ) -> Certificate:
         """Sign a certificate for ``subject`` valid from now for ``days`` days."""
         check_name(subject, "device id")
+        if subject == "all":
+            raise CertificateInvalid("device id 'all' is reserved: cmd/all reaches every device")
         for group in groups:
             check_name(group, "group")
         if role not in ROLES:

@@ -17,8 +17,8 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 
+import nacl.bindings
 import nacl.exceptions
-import nacl.signing
 
 from agent.errors import CertificateInvalid, EnvelopeRejected
 from agent.identity.identity import Identity
@@ -37,6 +37,7 @@ from agent.wire import (
 
 log = logging.getLogger(__name__)
 
+SIGNATURE_BYTES = 64
 EnvelopeHandler = Callable[[Envelope, Message], None]
 
 
@@ -128,17 +129,21 @@ class SignedChannel:
             now = self._now_ms()
             check_skew(env, now, self.skew_ms)
             self.replay.check(env.src, env.id, now)
-        self.hlc.observe(env.ts)
+            # Only timestamps inside the skew window may move our clock: an old
+            # retained message with a far-future stamp would drag it for good.
+            self.hlc.observe(env.ts)
         return env
 
 
-def _ed25519_check(key: nacl.signing.VerifyKey) -> Callable[[bytes, bytes], bool]:
-    """Adapt a PyNaCl verify key to the wire layer's ``verify(msg, sig) -> bool`` hook."""
+def _ed25519_check(public_key: bytes) -> Callable[[bytes, bytes], bool]:
+    """Adapt an Ed25519 public key to the wire layer's ``verify(msg, sig) -> bool`` hook."""
 
     def check(message: bytes, signature: bytes) -> bool:
+        if len(signature) != SIGNATURE_BYTES:
+            return False
         try:
-            key.verify(message, signature)
-        except (nacl.exceptions.BadSignatureError, ValueError):
+            nacl.bindings.crypto_sign_open(signature + message, public_key)
+        except nacl.exceptions.BadSignatureError:
             return False
         return True
 

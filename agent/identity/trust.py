@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import nacl.signing
-
 from agent.errors import EnvelopeRejected
 from agent.identity.certificate import Certificate, verify_certificate
 from agent.wire.envelope import EXPIRED, UNKNOWN_KEY
@@ -28,7 +26,7 @@ class TrustStore:
         self.fleet = fleet
         self._now_ms = now_ms
         self._certs: dict[str, Certificate] = {}
-        self._keys: dict[str, nacl.signing.VerifyKey] = {}
+        self._keys: dict[str, bytes] = {}
 
     def __len__(self) -> int:
         return len(self._certs)
@@ -45,11 +43,11 @@ class TrustStore:
             return known
         verify_certificate(cert, self.ca_public, self._now_ms(), fleet=self.fleet)
         self._certs[cert.subject] = cert
-        self._keys[cert.subject] = nacl.signing.VerifyKey(cert.sign_key)
+        self._keys[cert.subject] = cert.sign_key
         return cert
 
-    def verify_key(self, subject: str) -> nacl.signing.VerifyKey:
-        """The key that signs for ``subject``; refuses unknown and expired ones."""
+    def verify_key(self, subject: str) -> bytes:
+        """The Ed25519 public key that signs for ``subject``; refuses unknown and expired ones."""
         key = self._keys.get(subject)
         if key is None:
             raise EnvelopeRejected(UNKNOWN_KEY, f"no certificate known for {subject!r}")

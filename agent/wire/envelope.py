@@ -45,7 +45,7 @@ _FIELDS = ("v", "id", "src", "ts", "kind", "body")
 class Envelope:
     """One message: who sent it, when (HLC), what kind, and its body."""
 
-    __slots__ = ("body", "id", "kind", "mac", "sig", "src", "ts", "v")
+    __slots__ = ("_signing", "body", "id", "kind", "mac", "sig", "src", "ts", "v")
 
     def __init__(self, src, kind, body, ts, id=None, v=VERSION, sig=None, mac=None):
         self.v = v
@@ -56,6 +56,9 @@ class Envelope:
         self.body = body
         self.sig = sig
         self.mac = mac
+        # The bytes signed or parsed: an envelope is not edited once it has been
+        # signed or received, so encode() and verification reuse them.
+        self._signing = None
 
     def unsigned_dict(self) -> dict:
         return {
@@ -65,6 +68,8 @@ class Envelope:
 
     def signing_bytes(self) -> bytes:
         """The canonical JSON of every field but ``sig``/``mac``: what gets signed."""
+        if self._signing is not None:
+            return self._signing
         return canonical_json(self.unsigned_dict())
 
     def to_dict(self) -> dict:
@@ -77,15 +82,78 @@ class Envelope:
 
     def encode(self) -> bytes:
         """Wire bytes (canonical JSON, so the same envelope is always the same bytes)."""
-        return canonical_json(self.to_dict())
+        return _wire_form(self.signing_bytes(), self.sig, self.mac)
 
     def __repr__(self):
         return "Envelope(%s from %r id=%s ts=%r)" % (self.kind, self.src, self.id, self.ts)
 
 
+# Top-level keys sort as body, id, kind, mac, sig, src, ts, v, so ``mac`` and
+# ``sig`` sit just before ``,"src":``. That is the last occurrence of that
+# text in canonical bytes: only src's string value (where a bare quote cannot
+# occur), ts and v follow it. So the signed bytes and the wire bytes differ
+# by one slice, and neither side has to encode twice.
+_SRC_KEY = b',"src":'
+_PLAIN_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _auth_fields(sig, mac) -> bytes:
+    out = b""
+    for name, value in ((b"mac", mac), (b"sig", sig)):
+        if value is None:
+            continue
+        if value.strip(_PLAIN_B64):  # not plain base64url: let the encoder escape it
+            out += b',"' + name + b'":' + canonical_json(value)
+        else:
+            out += b',"' + name + b'":"' + value.encode() + b'"'
+    return out
+
+
+def _wire_form(unsigned: bytes, sig, mac) -> bytes:
+    """The canonical bytes of a whole envelope from those of its unsigned part."""
+    extra = _auth_fields(sig, mac)
+    if not extra:
+        return unsigned
+    i = unsigned.rfind(_SRC_KEY)
+    return unsigned[:i] + extra + unsigned[i:]
+
+
+def _unsigned_form(data: bytes, sig, mac) -> bytes:
+    """The bytes a sender signed, cut out of the received wire bytes.
+
+    Refuses (``not_json``) a sig or mac that is not where canonical JSON puts
+    it. Any other departure from canonical bytes changes the signed bytes, so
+    the signature check refuses it: the receiver never encodes anything.
+    """
+    extra = _auth_fields(sig, mac)
+    if not extra:
+        return data
+    i = data.rfind(_SRC_KEY)
+    start = i - len(extra)
+    if i < 0 or start < 0 or data[start:i] != extra:
+        raise EnvelopeRejected(NOT_JSON, "sig/mac not where canonical JSON puts them")
+    return data[:start] + data[i:]
+
+
+def _no_constant(name):
+    raise ValueError(name + " is not JSON")
+
+
+def _loads(text):
+    # CPython's json takes NaN and Infinity, which have no canonical form; the
+    # hook refuses them at no cost to ordinary numbers. (An overflowing 1e400
+    # still parses, to inf, but no canonical encoder writes it, so it cannot
+    # carry a valid signature.) MicroPython's json takes no hooks.
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except TypeError:
+        return json.loads(text)
+
+
 def sign_envelope(env: Envelope, sign) -> Envelope:
     """Set ``env.sig`` from ``sign(message_bytes) -> signature_bytes``."""
-    env.sig = b64url_encode(sign(env.signing_bytes()))
+    env._signing = env.signing_bytes()
+    env.sig = b64url_encode(sign(env._signing))
     return env
 
 
@@ -104,7 +172,8 @@ def verify_envelope(env: Envelope, verify) -> Envelope:
 
 def mac_envelope(env: Envelope, key: bytes) -> Envelope:
     """Set ``env.mac``: HMAC-SHA256 under a lite device's key."""
-    env.mac = b64url_encode(hmac_sha256(key, env.signing_bytes()))
+    env._signing = env.signing_bytes()
+    env.mac = b64url_encode(hmac_sha256(key, env._signing))
     return env
 
 
@@ -130,41 +199,68 @@ def check_skew(env: Envelope, now_ms: int, window_ms: int) -> Envelope:
     return env
 
 
-def _require(cond, what):
-    if not cond:
-        raise EnvelopeRejected(NOT_ENVELOPE, what)
+_ALLOWED = _FIELDS + ("sig", "mac")
+
+
+def _structure_problem(d):
+    """What makes ``d`` not an envelope, or None (messages built only on failure)."""
+    if not isinstance(d, dict):
+        return "not a JSON object"
+    for name in _FIELDS:
+        if name not in d:
+            return "missing " + repr(name)
+    if len(d) > len(_FIELDS):
+        for name in d:
+            if name not in _ALLOWED:
+                return "unknown field " + repr(name)
+    if not (isinstance(d["id"], str) and 0 < len(d["id"]) <= 64):
+        return "bad id"
+    if not (isinstance(d["src"], str) and 0 < len(d["src"]) <= 64):
+        return "bad src"
+    ts = d["ts"]
+    if not (isinstance(ts, list) and len(ts) == 2 and type(ts[0]) is int
+            and type(ts[1]) is int and ts[0] >= 0 and ts[1] >= 0):
+        return "ts must be [wall_ms, counter]"
+    if d["kind"] not in KINDS:
+        return "unknown kind " + repr(d["kind"])
+    if not isinstance(d["body"], dict):
+        return "body must be an object"
+    for name in ("sig", "mac"):
+        value = d.get(name)
+        if value is not None and not isinstance(value, str):
+            return name + " must be a string"
+    return None
 
 
 def parse_envelope(data, max_bytes: int = MAX_BYTES) -> Envelope:
-    """Bytes from the wire to an :class:`Envelope` (signature not yet checked)."""
+    """Bytes from the wire to an :class:`Envelope` (signature not yet checked).
+
+    Senders write canonical JSON (:meth:`Envelope.encode`). The receiver does
+    not encode again: the signed bytes are the wire bytes less the sig/mac
+    field, so anything not canonical fails verification (both ports alike,
+    whatever their json parsers accept); NaN and Infinity are refused here as
+    ``not_json``.
+    """
+    try:
+        if isinstance(data, str):
+            data = data.encode("utf-8")  # the size limit is in bytes
+        data = bytes(data)
+    except UnicodeError:
+        raise EnvelopeRejected(NOT_JSON, "text has no UTF-8 form") from None
     if len(data) > max_bytes:
         raise EnvelopeRejected(OVERSIZE, "%d bytes > %d" % (len(data), max_bytes))
     try:
-        if isinstance(data, (bytes, bytearray)):
-            data = bytes(data).decode("utf-8")
-        d = json.loads(data)
-    except (ValueError, UnicodeError) as exc:
+        d = _loads(data.decode("utf-8"))
+    except (ValueError, UnicodeError, RuntimeError) as exc:  # RuntimeError: nesting too deep
         raise EnvelopeRejected(NOT_JSON, str(exc)[:80]) from None
-    _require(isinstance(d, dict), "not a JSON object")
-    for name in _FIELDS:
-        _require(name in d, "missing " + repr(name))
-    for name in d:
-        _require(name in _FIELDS or name in ("sig", "mac"), "unknown field " + repr(name))
-    if d["v"] != VERSION:
+    problem = _structure_problem(d)
+    if problem is not None:
+        raise EnvelopeRejected(NOT_ENVELOPE, problem)
+    if type(d["v"]) is not int or d["v"] != VERSION:  # true == 1 in Python
         raise EnvelopeRejected(BAD_VERSION, repr(d["v"]))
-    _require(isinstance(d["id"], str) and 0 < len(d["id"]) <= 64, "bad id")
-    _require(isinstance(d["src"], str) and 0 < len(d["src"]) <= 64, "bad src")
-    ts = d["ts"]
-    _require(
-        isinstance(ts, list) and len(ts) == 2
-        and type(ts[0]) is int and type(ts[1]) is int and ts[0] >= 0 and ts[1] >= 0,
-        "ts must be [wall_ms, counter]",
-    )
-    _require(d["kind"] in KINDS, "unknown kind " + repr(d["kind"]))
-    _require(isinstance(d["body"], dict), "body must be an object")
-    for name in ("sig", "mac"):
-        _require(d.get(name) is None or isinstance(d[name], str), name + " must be a string")
-    return Envelope(
-        d["src"], d["kind"], d["body"], ts, id=d["id"], v=d["v"],
+    env = Envelope(
+        d["src"], d["kind"], d["body"], d["ts"], id=d["id"], v=d["v"],
         sig=d.get("sig"), mac=d.get("mac"),
     )
+    env._signing = _unsigned_form(data, env.sig, env.mac)
+    return env

@@ -15,7 +15,11 @@ class ReplayGuard:
     def __init__(self, horizon_ms: int, capacity: int = 65536):
         self.horizon_ms = horizon_ms
         self.capacity = capacity
-        self._seen = {}  # (src, id) -> time first seen, insertion ordered
+        self._seen = {}  # (src, id) -> time first seen
+        # Keys in the order first seen. MicroPython's dict does not keep insertion
+        # order, so the order lives in a list; _order[:_head] are already forgotten.
+        self._order = []
+        self._head = 0
 
     def __len__(self):
         return len(self._seen)
@@ -27,13 +31,20 @@ class ReplayGuard:
         if key in self._seen:
             raise EnvelopeRejected(REPLAY, "%s from %r seen before" % (msg_id, src))
         if len(self._seen) >= self.capacity:
-            del self._seen[next(iter(self._seen))]
+            self._forget_oldest()
         self._seen[key] = now_ms
+        self._order.append(key)
+
+    def _forget_oldest(self):
+        del self._seen[self._order[self._head]]
+        self._head += 1
+        if self._head >= 64 and self._head * 2 >= len(self._order):
+            self._order = self._order[self._head:]
+            self._head = 0
 
     def _expire(self, now_ms):
         cutoff = now_ms - self.horizon_ms
-        while self._seen:
-            key = next(iter(self._seen))
-            if self._seen[key] > cutoff:
+        while self._head < len(self._order):
+            if self._seen[self._order[self._head]] > cutoff:
                 break
-            del self._seen[key]
+            self._forget_oldest()

@@ -9,6 +9,9 @@ from agent.errors import TopicInvalid
 
 DEFAULT_PREFIX = "igris"
 _MAX_NAME = 64
+# ASCII only: str.isalpha()/isdigit() are Unicode-wide on CPython but ASCII-only on
+# MicroPython, so they would make the two ports disagree on what a valid name is.
+_NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -16,7 +19,7 @@ def check_name(name: str, what: str = "name") -> str:
     if not isinstance(name, str) or not name or len(name) > _MAX_NAME:
         raise TopicInvalid("%s must be 1-%d characters, got %r" % (what, _MAX_NAME, name))
     for ch in name:
-        if not (ch.isalpha() or ch.isdigit() or ch in "._-"):
+        if ch not in _NAME_CHARS:
             raise TopicInvalid(
                 "%s %r may hold only letters, digits, '.', '_' and '-'" % (what, name)
             )
@@ -88,6 +91,8 @@ class Topics:
         return self.base + "policy"
 
     def cmd(self, dev: str) -> str:
+        if dev == "all":  # cmd/all is the broadcast topic
+            raise TopicInvalid("device id 'all' is reserved (cmd/all reaches every device)")
         return self.base + "cmd/" + check_name(dev, "device id")
 
     def cmd_group(self, group: str) -> str:
@@ -145,9 +150,8 @@ class Topics:
             if head == "ledger" and n == 3 and parts[2] == "checkpoint":
                 return ParsedTopic("checkpoint", {"dev": check_name(parts[1], "device id")})
             if head == "mem" and n >= 2:
-                return ParsedTopic(
-                    "mem", {"pool": check_name(parts[1], "pool"), "rest": parts[2:]}
-                )
+                rest = [check_name(part, "memory topic level") for part in parts[2:]]
+                return ParsedTopic("mem", {"pool": check_name(parts[1], "pool"), "rest": rest})
             if head in ("cmnd", "stat") and n == 3:
                 return ParsedTopic(
                     head,

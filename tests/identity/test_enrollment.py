@@ -91,7 +91,7 @@ def test_missing_key_file_is_not_enrolled(tmp_path, ca):
     root = tmp_path / "root"
     enroll(root, ca, "pi-01", now_ms=NOW)
     RootLayout(root).box_key.unlink()
-    with pytest.raises(NotEnrolled, match="box.key"):
+    with pytest.raises(NotEnrolled, match=r"box\.key"):
         Identity.load(root)
 
 
