@@ -82,6 +82,7 @@ class Transport(abc.ABC):
     def __init__(self) -> None:
         self.stats = TransportStats()
         self._listeners: list[ConnectionListener] = []
+        self._announced = False
 
     @property
     @abc.abstractmethod
@@ -96,6 +97,10 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def set_will(self, will: Will | None) -> None:
         """Set the last will used from the next connection on."""
+
+    @abc.abstractmethod
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until :attr:`connected`; BrokerUnavailable after ``timeout`` seconds."""
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -124,11 +129,23 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> Subscription:
-        """Deliver every message matching ``topic_filter`` to ``handler``."""
+        """Deliver every message matching ``topic_filter`` to ``handler``.
+
+        May be called before :meth:`start`. Retained messages may be delivered
+        again on a re-subscribe or a reconnect (at least once).
+        """
 
     def add_connection_listener(self, listener: ConnectionListener) -> None:
         """Call ``listener(connected)`` on the loop whenever the state changes."""
         self._listeners.append(listener)
+
+    def _announce(self) -> None:
+        """Tell listeners about a change. Reads the state now, so a call
+        scheduled late never announces a state that has already passed."""
+        state = self.connected
+        if state != self._announced:
+            self._announced = state
+            self._notify_connection(state)
 
     def _notify_connection(self, connected: bool) -> None:
         for listener in list(self._listeners):

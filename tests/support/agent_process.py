@@ -56,7 +56,9 @@ class AgentProcess:
                 return self.status()
             except ControlError:
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"agent not ready in {timeout} s:\n{self.output()}")
+                    raise AssertionError(
+                        f"agent not ready in {timeout} s:\n{self.output()}"
+                    ) from None
                 time.sleep(0.05)
 
     def status(self) -> dict[str, Any]:

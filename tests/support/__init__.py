@@ -1,0 +1,1 @@
+"""Helpers the tests share: real brokers and clients, agent processes, MicroPython."""

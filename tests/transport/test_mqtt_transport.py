@@ -1,0 +1,168 @@
+"""MQTT-only behaviour, against a real Mosquitto: socket options, outside observers,
+TLS, protocol 3.1.1, persistent sessions, and that nothing is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import time
+
+import psutil
+import pytest
+
+from agent.errors import BrokerUnavailable, ConfigInvalid
+from agent.transport import MqttTransport, Will
+from tests.support.broker import BrokerProxy, MosquittoBroker, make_test_pki
+from tests.transport.inbox import Inbox
+
+
+async def started(async_cleanup, settings, **kw) -> MqttTransport:
+    transport = MqttTransport(settings, **kw)
+    async_cleanup.push(transport.stop)
+    await transport.start()
+    await transport.wait_connected(5)
+    return transport
+
+
+async def test_client_socket_has_tcp_nodelay(broker, async_cleanup):
+    t = await started(async_cleanup, broker.client_settings("nodelay"))
+    # White-box on purpose: the option lives on paho's socket and nothing else shows it.
+    sock = t._client.socket()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+async def test_birth_and_will_seen_by_mosquitto_sub(broker, async_cleanup, topic):
+    tool = shutil.which("mosquitto_sub")
+    if tool is None:
+        pytest.skip("mosquitto_sub missing; install it with: apt-get install mosquitto-clients")
+    state = f"{topic}/node/pi-01/state"
+    sub = await asyncio.create_subprocess_exec(
+        tool, "-h", broker.host, "-p", str(broker.port), "-t", state, "-v", "-q", "1",
+        "-C", "2", "-W", "10", stdout=asyncio.subprocess.PIPE)
+    async_cleanup.push(lambda: _reap(sub))
+    dev = MqttTransport(broker.client_settings("pi-01"))
+    dev.set_will(Will(state, b"dead", qos=1, retain=True))
+    async_cleanup.push(dev.stop)
+    await dev.start()
+    await dev.publish(state, b"alive", qos=1, retain=True)  # may go out before CONNACK: queued
+    assert sub.stdout is not None
+    birth = await asyncio.wait_for(sub.stdout.readline(), 5)
+    assert birth == f"{state} alive\n".encode()
+    await dev.abort()
+    death = await asyncio.wait_for(sub.stdout.readline(), 5)
+    assert death == f"{state} dead\n".encode()
+    assert await asyncio.wait_for(sub.wait(), 5) == 0
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+
+
+async def test_tls_with_client_certificate(tmp_path, async_cleanup, topic):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl missing; install it with: apt-get install openssl")
+    pki = make_test_pki(tmp_path / "pki")
+    with MosquittoBroker(tmp_path / "broker", tls=pki) as tls_broker:
+        assert tls_broker.url.startswith("mqtts://")
+        t = await started(async_cleanup, tls_broker.client_settings("pi-01"))
+        inbox = Inbox()
+        await t.subscribe(f"{topic}/#", inbox)
+        for i in range(20):  # several packets per TLS record: exercises the pending() path
+            await t.publish(f"{topic}/x", b"%d" % i, qos=1)
+        await inbox.wait_for(20)
+        assert inbox.payloads == [b"%d" % i for i in range(20)]
+
+        failed = asyncio.Event()
+        anonymous = MqttTransport(
+            tls_broker.client_settings("nocert", cert_file=None, key_file=None),
+            rand=lambda: failed.set() or 0.5)
+        async_cleanup.push(anonymous.stop)
+        await anonymous.start()
+        await asyncio.wait_for(failed.wait(), 5)
+        assert not anonymous.connected
+        assert isinstance(anonymous.last_error, BrokerUnavailable)
+        await anonymous.stop()
+        await t.stop()
+
+
+async def test_unreadable_tls_files_fail_at_start(broker):
+    t = MqttTransport(broker.client_settings(
+        "pi-01", url=broker.url.replace("mqtt:", "mqtts:"), ca_file="/nonexistent/ca.pem"))
+    with pytest.raises(ConfigInvalid, match=r"ca\.pem"):
+        await t.start()
+
+
+async def test_forced_311_works_without_response_topic(broker, async_cleanup, topic):
+    v3 = await started(async_cleanup, broker.client_settings("v3", protocol="3.1.1"))
+    v5 = await started(async_cleanup, broker.client_settings("v5"))
+    assert (v3.protocol, v3.supports_response_topic) == ("3.1.1", False)
+    at_v3, at_v5 = Inbox(), Inbox()
+    await v3.subscribe(f"{topic}/to-v3", at_v3)
+    await v5.subscribe(f"{topic}/to-v5", at_v5)
+    await v5.publish(f"{topic}/to-v3", b"q", qos=1, response_topic=f"{topic}/r",
+                     correlation_data=b"c")
+    await v3.publish(f"{topic}/to-v5", b"q", qos=1, response_topic=f"{topic}/r",
+                     correlation_data=b"c")
+    [got3], [got5] = await at_v3.wait_for(1), await at_v5.wait_for(1)
+    assert (got3.response_topic, got3.correlation_data) == (None, None)
+    assert (got5.response_topic, got5.correlation_data) == (None, None)
+
+
+async def test_falls_back_to_311_when_broker_refuses_v5(broker, async_cleanup, topic, caplog):
+    proxy = BrokerProxy(broker.port, refuse_v5=True)
+    await proxy.start()
+    async_cleanup.push(proxy.close)
+    t = await started(async_cleanup, broker.client_settings("old-broker", url=proxy.url))
+    assert (t.protocol, t.supports_response_topic, proxy.refused) == ("3.1.1", False, 1)
+    assert "falling back to 3.1.1" in caplog.text
+    inbox = Inbox()
+    await t.subscribe(f"{topic}/#", inbox)
+    await t.publish(f"{topic}/x", b"through the proxy", qos=1)
+    assert (await inbox.wait_for(1))[0].payload == b"through the proxy"
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_persistent_session_keeps_qos1_sent_while_device_was_away(
+        broker, async_cleanup, topic, protocol):
+    settings = broker.client_settings("pi-07", protocol=protocol)
+    dev = await started(async_cleanup, settings)
+    await dev.subscribe(f"{topic}/cmd/+", Inbox())
+    await dev.stop()
+    operator = await started(async_cleanup, broker.client_settings("operator"))
+    await operator.publish(f"{topic}/cmd/pi-07", b"reboot", qos=1)
+    await operator.stop()  # returns once the broker acknowledged the command
+
+    again, inbox = MqttTransport(settings), Inbox()
+    async_cleanup.push(again.stop)
+    await again.subscribe(f"{topic}/cmd/+", inbox)  # before start: ready for the queued one
+    await again.start()
+    [cmd] = await inbox.wait_for(1)
+    assert (cmd.topic, cmd.payload) == (f"{topic}/cmd/pi-07", b"reboot")
+
+
+async def test_stop_and_abort_leave_no_tasks_or_sockets(broker, async_cleanup, topic):
+    process = psutil.Process()
+    tasks_before = asyncio.all_tasks()
+    fds_before = process.num_fds()
+    for end in ("stop", "abort", "stop"):
+        t = await started(async_cleanup, broker.client_settings(f"leak-{end}"))
+        names = {task.get_name() for task in asyncio.all_tasks()}
+        assert f"igris.mqtt.reconnect[leak-{end}]" in names
+        assert f"igris.mqtt.misc[leak-{end}]" in names
+        await t.subscribe(f"{topic}/#", Inbox())
+        await t.publish(f"{topic}/x", b"x", qos=1)
+        await getattr(t, end)()
+    assert asyncio.all_tasks() == tasks_before
+    assert process.num_fds() == fds_before
+
+
+@pytest.mark.async_timeout(10)
+async def test_idle_connected_transport_uses_almost_no_cpu(broker, async_cleanup, topic):
+    t = await started(async_cleanup, broker.client_settings("idle"))
+    await t.subscribe(f"{topic}/#", Inbox())
+    before = time.process_time()
+    await asyncio.sleep(1.5)  # measuring idleness: nothing to wait for but time
+    assert time.process_time() - before < 0.05
