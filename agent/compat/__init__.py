@@ -277,7 +277,7 @@ def _native_canonical_json(obj) -> bytes:
     # them here would cost more than half of an encode. Bodies use string keys.
     try:
         text = _NATIVE_ENCODER.encode(obj)
-    except TypeError as exc:
+    except (TypeError, RecursionError) as exc:
         raise ValueError(str(exc)) from None
     return text.encode("utf-8")
 
@@ -285,8 +285,11 @@ def _native_canonical_json(obj) -> bytes:
 def _native_encoder():
     # One encoder made up front: json.dumps with options builds a new one per call.
     try:
+        # No circular check: message bodies are trees we build; a cycle still
+        # fails, as a RecursionError, which becomes ValueError below.
         return json.JSONEncoder(
-            sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+            check_circular=False,
         )
     except (AttributeError, TypeError):  # MicroPython: no JSONEncoder, no sort_keys
         return None
