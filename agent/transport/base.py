@@ -13,6 +13,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent.errors import TransportError
+from agent.transport.checks import check_publish_args, check_topic
+
 log = logging.getLogger(__name__)
 
 
@@ -83,6 +86,7 @@ class Transport(abc.ABC):
         self.stats = TransportStats()
         self._listeners: list[ConnectionListener] = []
         self._announced = False
+        self._running = False  # between start() and stop()/abort()
 
     @property
     @abc.abstractmethod
@@ -114,7 +118,6 @@ class Transport(abc.ABC):
     async def abort(self) -> None:
         """Drop the connection without a clean disconnect (the will fires)."""
 
-    @abc.abstractmethod
     async def publish(
         self,
         topic: str,
@@ -125,7 +128,24 @@ class Transport(abc.ABC):
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
     ) -> None:
-        """Publish; while offline, QoS 1 messages wait in a bounded queue."""
+        """Publish; while offline, QoS 1 and retained messages wait in a bounded queue."""
+        check_topic(topic)
+        data = check_publish_args(payload, qos)
+        if response_topic is not None:
+            check_topic(response_topic)
+        if not self._running:
+            raise TransportError(
+                f"publish to {topic!r} on {self!r}, which is not started;"
+                " call 'await transport.start()'"
+            )
+        self._publish(Message(
+            topic, data, qos=qos, retain=retain, response_topic=response_topic,
+            correlation_data=None if correlation_data is None else bytes(correlation_data),
+        ))
+
+    @abc.abstractmethod
+    def _publish(self, message: Message) -> None:
+        """Send (or queue) a checked message; runs on the loop."""
 
     @abc.abstractmethod
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> Subscription:

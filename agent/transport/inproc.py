@@ -28,7 +28,7 @@ from dataclasses import replace
 
 from agent.errors import TransportError
 from agent.transport.base import Handler, Message, Subscription, Transport, Will
-from agent.transport.checks import check_filter, check_publish_args, check_topic
+from agent.transport.checks import check_filter
 from agent.wire.topics import matches
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,6 @@ class InprocTransport(Transport):
         self._subs: dict[Subscription, int] = {}
         self._will: Will | None = None
         self._active_will: Will | None = None
-        self._running = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
@@ -149,36 +148,9 @@ class InprocTransport(Transport):
         self.broker._detach(self, will)
         self._announce()
 
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 0,
-        retain: bool = False,
-        response_topic: str | None = None,
-        correlation_data: bytes | None = None,
-    ) -> None:
-        check_topic(topic)
-        data = check_publish_args(payload, qos)
-        if response_topic is not None:
-            check_topic(response_topic)
-        if not self._running:
-            raise TransportError(
-                f"publish to {topic!r} on {self!r}, which is not started;"
-                " call 'await transport.start()'"
-            )
+    def _publish(self, message: Message) -> None:
         self.stats.published += 1
-        self.broker._route(
-            Message(
-                topic,
-                data,
-                qos=qos,
-                retain=retain,
-                response_topic=response_topic,
-                correlation_data=None if correlation_data is None else bytes(correlation_data),
-            )
-        )
+        self.broker._route(message)
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> Subscription:
         check_filter(topic_filter)

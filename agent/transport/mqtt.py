@@ -58,7 +58,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.errors import BrokerUnavailable, TransportError
 from agent.transport.base import Handler, Message, Subscription, Transport, Will
-from agent.transport.checks import check_filter, check_publish_args, check_topic
+from agent.transport.checks import check_filter
 from agent.transport.mqtt_settings import MqttSettings, backoff_delay, make_ssl_context
 from agent.wire.topics import matches
 
@@ -68,16 +68,6 @@ _MISC_INTERVAL_S = 1.0
 _FLUSH_CHUNK = 100
 _UNSUPPORTED_PROTOCOL = 0x84
 _MAX_SUBSCRIPTION_ID = 268_435_455
-
-
-@dataclass(frozen=True, slots=True)
-class _Outgoing:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
 
 
 class _PahoLog:
@@ -149,7 +139,6 @@ class MqttTransport(Transport):
         self._client: paho.Client | None = None
         self._sock: Any = None
         self._writer_on = False
-        self._running = False
         self._connected = False
         self._ever_connected = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -164,7 +153,7 @@ class MqttTransport(Transport):
         self._by_sub_id: dict[int, str] = {}
         self._unsub_later: set[str] = set()
         self._suback: dict[int, asyncio.Future[list[int] | None]] = {}
-        self._offline: deque[_Outgoing] = deque()
+        self._offline: deque[Message] = deque()
         self._inflight: set[int] = set()
         for key in ("reconnect_attempt", "connect_failures", "offline_queue_depth",
                     "publish_refused", "unrouted"):
@@ -413,7 +402,9 @@ class MqttTransport(Transport):
         if old is not None:
             # Messages paho still holds for retransmission go first on the new client.
             for m in reversed(old.drop_out_messages()):
-                self._offline.appendleft(_Outgoing(m.topic, bytes(m.payload), m.qos, m.retain))
+                self._offline.appendleft(
+                    Message(m.topic, bytes(m.payload), qos=m.qos, retain=m.retain)
+                )
                 self._inflight.discard(m.mid)
             self._discard_client(old)
         self._note_drained()
@@ -690,35 +681,16 @@ class MqttTransport(Transport):
 
     # -- publish -------------------------------------------------------------
 
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 0,
-        retain: bool = False,
-        response_topic: str | None = None,
-        correlation_data: bytes | None = None,
-    ) -> None:
-        check_topic(topic)
-        data = check_publish_args(payload, qos)
-        if response_topic is not None:
-            check_topic(response_topic)
-        if not self._running:
-            raise TransportError(
-                f"publish to {topic!r} on {self!r}, which is not started;"
-                " call 'await transport.start()'")
-        out = _Outgoing(topic, data, qos, retain, response_topic,
-                        None if correlation_data is None else bytes(correlation_data))
+    def _publish(self, message: Message) -> None:
         if self._connected and not self._offline:
-            self._send(out)
-        elif self._connected or qos or retain:
-            self._enqueue(out)  # behind older queued messages, to keep the order
+            self._send(message)
+        elif self._connected or message.qos or message.retain:
+            self._enqueue(message)  # behind older queued messages, to keep the order
         else:
             self.stats.dropped_offline += 1
-            log.debug("%r: offline, dropped QoS 0 publish to %s", self, topic)
+            log.debug("%r: offline, dropped QoS 0 publish to %s", self, message.topic)
 
-    def _enqueue(self, out: _Outgoing) -> None:
+    def _enqueue(self, out: Message) -> None:
         limit = self.settings.max_offline_queue
         if limit == 0:
             self.stats.dropped_offline += 1
@@ -748,7 +720,7 @@ class MqttTransport(Transport):
         if self._connected and self._offline and self._loop is not None:
             self._loop.call_soon(self._flush_offline)
 
-    def _send(self, out: _Outgoing) -> None:
+    def _send(self, out: Message) -> None:
         client = self._client
         assert client is not None
         props = None
