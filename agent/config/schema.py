@@ -7,7 +7,6 @@ found (with a "did you mean" for typos).
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -159,6 +158,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 
 
 def _unknown(kind: str, name: str, known: list[str], where: str) -> ConfigInvalid:
+    import difflib
+
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
     return ConfigInvalid(f"{where}: unknown {kind} {name!r}{hint}")

@@ -17,8 +17,10 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from gpiozero import DigitalInputDevice, Factory
+if TYPE_CHECKING:
+    from gpiozero import DigitalInputDevice, Factory
 
 from agent.device.profile import GpioInputSpec
 from agent.errors import NoGpioWarning
@@ -39,6 +41,8 @@ class GpioInputs:
     def __init__(self, specs: Mapping[str, GpioInputSpec], pin_factory: Factory | None = None):
         self._devices: dict[str, DigitalInputDevice] = {}
         try:
+            if specs:
+                from gpiozero import DigitalInputDevice
             for name, spec in specs.items():
                 self._devices[name] = DigitalInputDevice(
                     spec.pin, pull_up=spec.pull_up, pin_factory=pin_factory

@@ -25,10 +25,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psutil
-from gpiozero import Factory
+
+if TYPE_CHECKING:
+    from gpiozero import Factory
 
 from agent.device.gpio_inputs import GpioInputs
 from agent.device.profile import TargetProfile

@@ -36,8 +36,10 @@ import warnings
 from collections.abc import AsyncIterator, Mapping
 from enum import Enum
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-from gpiozero import LED, Factory
+if TYPE_CHECKING:
+    from gpiozero import LED, Factory
 
 from agent.errors import NoGpioWarning
 
@@ -121,6 +123,8 @@ class HealthLed:
             )
         else:
             try:
+                from gpiozero import LED
+
                 self._led = LED(
                     pin, active_high=active_high, initial_value=False, pin_factory=pin_factory
                 )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
-from gpiozero import Factory
+if TYPE_CHECKING:
+    from gpiozero import Factory
 
 from agent.errors import ConfigInvalid
 
@@ -18,6 +19,8 @@ def make_pin_factory(name: str) -> Factory | None:
     """
     if not name:
         return None
+    from importlib.metadata import entry_points
+
     found = {ep.name: ep for ep in entry_points(group="gpiozero_pin_factories")}
     if name not in found:
         raise ConfigInvalid(

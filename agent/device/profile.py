@@ -19,7 +19,6 @@ surprising it later on a board in the field::
 
 from __future__ import annotations
 
-import difflib
 import importlib.resources
 import re
 import sys
@@ -325,6 +324,8 @@ class _Table:
     def fail(self, key: str, expected: str, value: Any = _MISSING) -> NoReturn:
         where = f"{self._prefix}{key}"
         if value is _MISSING:
+            import difflib  # only on error: keeps the agent's RSS down
+
             others = [k for k in self._data if k != key]
             close = difflib.get_close_matches(key, others, n=1)
             typo = f" (is {self._prefix + close[0]!r} a typo?)" if close else ""
@@ -334,6 +335,8 @@ class _Table:
     def finish(self) -> None:
         for key in self._data:
             if key not in self._asked:
+                import difflib
+
                 close = difflib.get_close_matches(key, self._asked, n=1)
                 hint = f"; did you mean {self._prefix + close[0]!r}?" if close else ""
                 raise ConfigInvalid(f"{self._file}: unknown key {self._prefix + key!r}{hint}")

@@ -92,7 +92,8 @@ class Runtime:
             max_bytes=config.limits.max_message_bytes,
             skew_ms=int(config.limits.clock_skew_s * 1000),
         )
-        pin_factory = make_pin_factory(config.health.pin_factory)
+        needs_gpio = self.profile.led.pin is not None or bool(self.profile.gpio.inputs)
+        pin_factory = make_pin_factory(config.health.pin_factory) if needs_gpio else None
         self.monitor = HealthMonitor(
             self.profile, sysfs_root=Path(config.health.sysfs_root), pin_factory=pin_factory
         )
