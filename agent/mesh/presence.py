@@ -58,8 +58,11 @@ class Presence:
 
     async def start(self) -> None:
         self.channel.transport.add_connection_listener(self._on_connection)
-        await self.publish_birth()
         self._task = asyncio.create_task(self._beat(), name="igris.presence.heartbeat")
+        # Not yet connected: the listener publishes the birth on connect, so it
+        # is not also queued offline and sent twice.
+        if self.channel.transport.connected:
+            await self.publish_birth()
 
     async def stop(self) -> None:
         """Stop heartbeats and publish a graceful death (retained) for this session."""
