@@ -92,6 +92,14 @@ class DatabaseCorrupt(StorageError):
     """The database file is not a usable SQLite database."""
 
 
+class LedgerError(StorageError):
+    """The ledger cannot be read or does not verify."""
+
+
+class PolicyRejected(IgrisError, _ValueError):
+    """A policy document was refused (schema, signer role or version); says why."""
+
+
 class ProfileNotFound(ConfigError, _LookupError):
     """No target profile of that name ships with Igris."""
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from agent.errors import DatabaseCorrupt, StorageError
@@ -24,6 +26,78 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             key   TEXT PRIMARY KEY,
             value TEXT NOT NULL
         ) WITHOUT ROWID;
+        """,
+    ),
+    (
+        2,
+        """
+        -- Membership: one row per peer this device follows (agent/mesh).
+        CREATE TABLE peers (
+            device_id    TEXT PRIMARY KEY,
+            state        TEXT NOT NULL,              -- alive | suspect | dead | left
+            session      INTEGER NOT NULL,
+            role         TEXT NOT NULL DEFAULT 'device',
+            groups_json  TEXT NOT NULL DEFAULT '[]',
+            caps_json    TEXT NOT NULL DEFAULT '[]',
+            info_json    TEXT NOT NULL DEFAULT '{}', -- target, version, health
+            cert_json    TEXT,
+            last_seen_ms INTEGER NOT NULL,
+            changed_ms   INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
+    (
+        3,
+        """
+        -- The signed, hash-chained, append-only ledger (agent/security_mesh/ledger.py).
+        CREATE TABLE ledger (
+            seq        INTEGER PRIMARY KEY,
+            prev       BLOB NOT NULL,
+            hash       BLOB NOT NULL,
+            ts_ms      INTEGER NOT NULL,
+            ts_counter INTEGER NOT NULL,
+            kind       TEXT NOT NULL,
+            body       TEXT NOT NULL,
+            author     TEXT NOT NULL,
+            sig        BLOB NOT NULL
+        );
+        -- The newest ledger checkpoint seen from each peer, and any flag raised.
+        CREATE TABLE peer_checkpoints (
+            device_id  TEXT PRIMARY KEY,
+            size       INTEGER NOT NULL,
+            head       BLOB NOT NULL,
+            seen_ms    INTEGER NOT NULL,
+            flag       TEXT
+        ) WITHOUT ROWID;
+        """,
+    ),
+    (
+        4,
+        """
+        -- The fleet blocklist (agent/security_mesh/blocklist.py): newest entry per target.
+        CREATE TABLE blocklist (
+            target      TEXT PRIMARY KEY,            -- device:<id> | key:<key id>
+            blocked     INTEGER NOT NULL,
+            reason      TEXT NOT NULL DEFAULT '',
+            expires_ms  INTEGER,
+            ts_ms       INTEGER NOT NULL,
+            ts_counter  INTEGER NOT NULL,
+            author      TEXT NOT NULL,
+            envelope    TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
+    (
+        5,
+        """
+        -- Policies applied, newest in force (agent/mesh/policy.py).
+        CREATE TABLE policy (
+            version     INTEGER PRIMARY KEY,
+            document    TEXT NOT NULL,
+            author      TEXT NOT NULL,
+            envelope    TEXT NOT NULL,
+            applied_ms  INTEGER NOT NULL
+        );
         """,
     ),
 )
@@ -102,6 +176,26 @@ class Database:
             except sqlite3.Error:
                 conn.execute("ROLLBACK")
                 raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` .. ``COMMIT`` (``ROLLBACK`` on error); nests as a no-op.
+
+        Components that must change several tables together (a policy and its
+        ledger entry) open one transaction around both; each component's own
+        writes use this too, so they join the outer one when there is one.
+        """
+        conn = self.conn
+        if conn.in_transaction:
+            yield conn
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def get_meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
