@@ -430,6 +430,7 @@ class MqttTransport(Transport):
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_socket_register_write
@@ -447,8 +448,8 @@ class MqttTransport(Transport):
     def _discard_client(client: paho.Client) -> None:
         """Close a client's socket without DISCONNECT and detach our callbacks."""
         for name in ("on_connect", "on_disconnect", "on_message", "on_publish", "on_subscribe",
-                     "on_socket_open", "on_socket_close", "on_socket_register_write",
-                     "on_socket_unregister_write"):
+                     "on_unsubscribe", "on_socket_open", "on_socket_close",
+                     "on_socket_register_write", "on_socket_unregister_write"):
             setattr(client, name, None)
         sock = client.socket()
         if sock is not None:
@@ -571,7 +572,7 @@ class MqttTransport(Transport):
         self._connected = True
         self._up.set()
         for topic_filter in self._unsub_later:
-            client.unsubscribe(topic_filter)
+            self._send_unsubscribe(topic_filter)
         self._unsub_later.clear()
         for topic_filter in self._filters:
             self._send_subscribe(topic_filter)
@@ -664,6 +665,22 @@ class MqttTransport(Transport):
         waiter = self._suback.pop(mid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(codes)
+
+    def _send_unsubscribe(self, topic_filter: str) -> None:
+        # Counted in flight like a QoS 1 publish: stop() waits for the UNSUBACK,
+        # because a DISCONNECT sent with acks still on the way makes the socket
+        # close with unread data, which the broker sees as a crash (and sends the will).
+        assert self._client is not None
+        rc, mid = self._client.unsubscribe(topic_filter)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._inflight.add(mid)
+            self._drained.clear()
+
+    def _on_unsubscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any,
+                        properties: Any) -> None:
+        if client is self._client and mid in self._inflight:
+            self._inflight.discard(mid)
+            self._note_drained()
 
     def _note_drained(self) -> None:
         if self._inflight:
@@ -816,7 +833,7 @@ class MqttTransport(Transport):
         del self._filters[sub.filter]
         self._by_sub_id.pop(entry.sub_id, None)
         if self._connected and self._client is not None:
-            self._client.unsubscribe(sub.filter)
+            self._send_unsubscribe(sub.filter)
         else:
             # The persistent session still holds it: drop it on the next connect.
             self._unsub_later.add(sub.filter)

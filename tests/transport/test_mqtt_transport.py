@@ -55,6 +55,27 @@ async def test_birth_and_will_seen_by_mosquitto_sub(broker, async_cleanup, topic
     assert await asyncio.wait_for(sub.wait(), 5) == 0
 
 
+async def test_stop_right_after_unsubscribing_is_clean_no_will(broker, async_cleanup, topic):
+    # Regression: a DISCONNECT sent while UNSUBACKs were still on the way closed the
+    # socket with unread data; Mosquitto saw a broken pipe and published the will.
+    watcher = await started(async_cleanup, broker.client_settings("watcher"))
+    inbox = Inbox()
+    state = f"{topic}/node/pi-01/state"
+    await watcher.subscribe(state, inbox)
+    dev = MqttTransport(broker.client_settings("pi-01"))
+    dev.set_will(Will(state, b"dead", qos=1))
+    await dev.start()
+    await dev.wait_connected(5)
+    subs = [await dev.subscribe(f"{topic}/f{i}", lambda _m: None) for i in range(5)]
+    await dev.publish(state, b"bye", qos=1)
+    for sub in subs:
+        sub.cancel()
+    await dev.stop()
+    await inbox.wait_for(1)
+    await asyncio.sleep(0.3)
+    assert inbox.payloads == [b"bye"]
+
+
 async def _reap(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         proc.kill()
