@@ -12,10 +12,23 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import identity_cmd, led_cmd, run_cmd, status_cmd, version_cmd
+from agent.cli import (
+    block_cmd,
+    identity_cmd,
+    led_cmd,
+    ledger_cmd,
+    peers_cmd,
+    policy_cmd,
+    run_cmd,
+    status_cmd,
+    version_cmd,
+)
 from agent.errors import IgrisError
 
-COMMANDS = (run_cmd, status_cmd, identity_cmd, led_cmd, version_cmd)
+COMMANDS = (
+    run_cmd, status_cmd, peers_cmd, policy_cmd, ledger_cmd, block_cmd, identity_cmd, led_cmd,
+    version_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,12 @@ def _human(s: dict[str, Any]) -> str:
         "uptime": f"{s['uptime_s']:.0f} s (session {s['session']}, pid {s['pid']})",
         "messages": (f"{s['messages']['accepted']} accepted, "
                      f"{sum(s['messages']['dropped'].values())} dropped"),
-        "peers heard": s["peers_heard"],
+        "peers": ", ".join(f"{n} {state}" for state, n in sorted(s["peers"].items()))
+                 or "none yet",
+        "policy": f"version {s['policy_version']}",
+        "ledger": f"{s['ledger']['size']} entries, {s['ledger']['verified']['state']}"
+                  + (f", flags {s['ledger']['checkpoint_flags']}"
+                     if s["ledger"]["checkpoint_flags"] else ""),
         "error": s["error"],
         "versions": s["versions"],
     }

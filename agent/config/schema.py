@@ -71,6 +71,13 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MeshSettings:
+    # "auto": the whole fleet for operators, schedulers and devices in no group;
+    # a device's own groups otherwise (traffic then scales with the group).
+    scope: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
 class LimitSettings:
     max_message_bytes: int = 65536
     clock_skew_s: float = 300.0
@@ -86,6 +93,7 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("mqtt", "offline_queue"): _positive,
     ("health", "heartbeat_s"): _positive,
     ("health", "sample_s"): _positive,
+    ("mesh", "scope"): _one_of("auto", "group", "fleet"),
     ("limits", "max_message_bytes"): _positive,
     ("limits", "clock_skew_s"): _positive,
 }
@@ -98,6 +106,7 @@ class Config:
     agent: AgentSettings = AgentSettings()
     mqtt: MqttSettingsSection = MqttSettingsSection()
     health: HealthSettings = HealthSettings()
+    mesh: MeshSettings = MeshSettings()
     limits: LimitSettings = LimitSettings()
 
     def to_dict(self, *, mask_secrets: bool = True) -> dict[str, dict[str, Any]]:
@@ -115,6 +124,7 @@ _SECTION_TYPES = {
     "agent": AgentSettings,
     "mqtt": MqttSettingsSection,
     "health": HealthSettings,
+    "mesh": MeshSettings,
     "limits": LimitSettings,
 }
 

@@ -6,9 +6,9 @@ from agent.identity.channel import SignedChannel
 from agent.identity.enroll import enroll
 from agent.identity.identity import Identity
 from agent.identity.layout import RootLayout
-from agent.identity.trust import TrustStore
+from agent.identity.trust import TrustAnchor, TrustStore, verify_chain
 
 __all__ = [
-    "Certificate", "FleetCa", "Identity", "RootLayout", "SignedChannel", "TrustStore",
-    "enroll", "key_id", "read_public_key", "verify_certificate",
+    "Certificate", "FleetCa", "Identity", "RootLayout", "SignedChannel", "TrustAnchor",
+    "TrustStore", "enroll", "key_id", "read_public_key", "verify_certificate", "verify_chain",
 ]

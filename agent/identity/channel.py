@@ -3,8 +3,13 @@
 Components publish and subscribe through a :class:`SignedChannel` and deal in
 verified :class:`~agent.wire.Envelope` objects only. The gate drops, counts
 and logs (never raises to the transport) anything that is over the size
-limit, not an envelope, unsigned or wrongly signed, from an unknown or
-expired key, outside the clock-skew window, or a replay.
+limit, not an envelope, unsigned or wrongly signed, from an unknown,
+expired or blocklisted key, outside the clock-skew window, or a replay.
+
+A ``"cert"`` field in any envelope's body is checked against the trusted
+CAs and teaches the receiver the sender's key; the sender's key must still
+be trusted (not blocklisted, not expired, its CA not retired) when the
+signature is checked.
 
 Retained state and will-deaths are old by nature (a will is signed when the
 session starts and sent whenever the device vanishes), so they skip the skew
@@ -38,6 +43,7 @@ from agent.wire import (
 log = logging.getLogger(__name__)
 
 SIGNATURE_BYTES = 64
+UNPARSED = "(unparsed)"  # the source of a drop that was not even an envelope
 EnvelopeHandler = Callable[[Envelope, Message], None]
 
 
@@ -65,6 +71,9 @@ class SignedChannel:
         self.replay = ReplayGuard(horizon_ms=2 * skew_ms)
         self.accepted = 0
         self.dropped: Counter[str] = Counter()
+        # ``on_drop(reason, claimed source)`` for each drop: the runtime tallies
+        # them into the ledger (the source is unverified: it is what was claimed).
+        self.on_drop: Callable[[str, str], None] | None = None
         trust.learn(identity.certificate)
 
     def seal(self, kind: str, body: dict) -> Envelope:
@@ -105,18 +114,25 @@ class SignedChannel:
 
     def admit(self, message: Message) -> Envelope | None:
         """The verified envelope in ``message``, or None (dropped and counted)."""
+        source = UNPARSED
         try:
-            env = self._check(message)
+            env = parse_envelope(message.payload, self.max_bytes)
+            source = env.src
+            self._check(env, message)
         except EnvelopeRejected as exc:
             self.dropped[exc.reason] += 1
             log.warning("dropped message on %s: %s", message.topic, exc)
+            if self.on_drop is not None:
+                self.on_drop(exc.reason, source)
             return None
         self.accepted += 1
         return env
 
-    def _check(self, message: Message) -> Envelope:
-        env = parse_envelope(message.payload, self.max_bytes)
-        cert = env.body.get("cert") if env.kind == "state" else None
+    def _check(self, env: Envelope, message: Message) -> None:
+        # Births carry the sender's certificate, and so do operators' policy and
+        # block messages, so a device that never saw the operator's birth can
+        # still verify them. Whatever the kind, it must be the sender's own.
+        cert = env.body.get("cert")
         if cert is not None:
             try:
                 learned = self.trust.learn(cert)
@@ -132,7 +148,6 @@ class SignedChannel:
             # Only timestamps inside the skew window may move our clock: an old
             # retained message with a far-future stamp would drag it for good.
             self.hlc.observe(env.ts)
-        return env
 
 
 def _ed25519_check(public_key: bytes) -> Callable[[bytes, bytes], bool]:

@@ -23,16 +23,25 @@ from agent.device import HealthLed, HealthMonitor, HealthReport, led_state_for, 
 from agent.device.pins import make_pin_factory
 from agent.errors import ConfigInvalid
 from agent.identity import SignedChannel, TrustStore
-from agent.mesh import Presence
+from agent.mesh import Membership, PolicySync, Presence, resolve_scope
 from agent.runtime.bootstrap import load_or_enroll_dev
 from agent.runtime.sdnotify import SystemdNotifier
+from agent.security_mesh import (
+    AuthFailureTally,
+    Blocklist,
+    CertificateLog,
+    Checkpoints,
+    Ledger,
+    anchors_from_policy,
+)
 from agent.transport import InprocTransport, MqttSettings, MqttTransport, Transport
 from agent.versions import versions
-from agent.wire import Envelope, HybridClock, Topics
+from agent.wire import HybridClock, Topics
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "igris.db"
+AUDIT_PERIOD_S = 60.0
 _UNIX_PATH_MAX = 107
 
 
@@ -57,7 +66,6 @@ class Runtime:
         self.notifier = notifier or SystemdNotifier()
         self.started_monotonic = time.monotonic()
         self.stopped = asyncio.Event()
-        self.heard: dict[str, int] = {}  # device id -> wall ms last heard (until membership)
         self.last_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.health: HealthReport | None = None
@@ -86,7 +94,9 @@ class Runtime:
         self.topics = Topics(self.identity.fleet, config.mqtt.topic_prefix)
         self.transport = self._make_transport()
         self.hlc = HybridClock(now_ms)
+        self.ledger = Ledger(self.db, self.identity, self.hlc)
         self.trust = TrustStore(self.identity.ca_public, fleet=self.identity.fleet, now_ms=now_ms)
+        self.trust.on_learn = CertificateLog(self.ledger)
         self.channel = SignedChannel(
             self.transport, self.identity, self.trust, hlc=self.hlc, now_ms=now_ms,
             max_bytes=config.limits.max_message_bytes,
@@ -101,12 +111,35 @@ class Runtime:
             self.profile.led.pin, active_high=self.profile.led.active_high,
             pin_factory=pin_factory,
         )
+        self.auth_failures = AuthFailureTally(self.ledger)
+        self.channel.on_drop = self.auth_failures.add
+        self.ledger_check: dict[str, Any] = {"state": "pending"}
+        # Loaded now, so stored blocks are enforced before the first message.
+        self.blocklist = Blocklist(
+            self.db, self.channel, self.topics, record=self.ledger.append, now_ms=now_ms
+        )
+        self.policy = PolicySync(
+            self.channel, self.topics, self.db, record=self.ledger.append, now_ms=now_ms
+        )
+        membership = self.policy.section("membership")
+        self.membership = Membership(
+            self.channel, self.topics, self.db,
+            scope=resolve_scope(config.mesh.scope, self.identity.certificate),
+            suspect_after_s=membership["suspect_after_s"],
+            dead_after_s=membership["dead_after_s"], now_ms=now_ms,
+            is_blocked=self.blocklist.is_blocked,
+        )
+        self.policy.add_listener(self._apply_policy)
+        self.checkpoints = Checkpoints(self.ledger, self.channel, self.topics, self.db,
+                                       now_ms=now_ms)
         self.presence = Presence(
             self.channel, self.topics, session=self.session, describe=self._describe,
             health=self._health_summary, heartbeat_s=config.health.heartbeat_s,
         )
         self.control = ControlServer(socket_path, {
             "status": self._rpc_status,
+            "peers": self._rpc_peers,
+            "policy.get": self._rpc_policy,
             "led.test": self._rpc_led_test,
         })
 
@@ -136,12 +169,16 @@ class Runtime:
         self.transport.set_will(self.presence.will())
         self.transport.add_connection_listener(self._on_connection)
         await self.transport.start()
-        await self.channel.subscribe(self.topics.filter("node", "+", "state"), self._on_peer)
-        await self.channel.subscribe(self.topics.filter("node", "+", "hb"), self._on_peer)
+        await self.policy.start()
+        await self.blocklist.start()
+        await self.membership.start()
+        await self.checkpoints.start()
         await self.presence.start()
         self.booting = False
         self._refresh_led()
         self._spawn(self._sample_health(), "igris.health")
+        self._spawn(self._audit(), "igris.audit")
+        self._spawn(self._verify_ledger(), "igris.ledger.verify")
         if self.notifier.watchdog_s:
             self._spawn(self._watchdog(self.notifier.watchdog_s / 2), "igris.watchdog")
         self.notifier.notify("READY=1", f"STATUS=device {self.identity.device_id} up")
@@ -160,6 +197,11 @@ class Runtime:
         try:
             await self.presence.stop()
         finally:
+            await self.checkpoints.stop()
+            await self.membership.stop()
+            await self.blocklist.stop()
+            await self.policy.stop()
+            self.auth_failures.flush()
             await self.transport.stop()
             await self.control.stop()
             self.led.close()
@@ -171,9 +213,11 @@ class Runtime:
     def _spawn(self, coro: Any, name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))
 
-    def _on_peer(self, env: Envelope, _message: Any) -> None:
-        if env.src != self.identity.device_id:
-            self.heard[env.src] = self._now_ms()
+    def _apply_policy(self, doc: dict[str, Any]) -> None:
+        membership = self.policy.section("membership")
+        self.membership.set_timeouts(membership["suspect_after_s"], membership["dead_after_s"])
+        # CA rotation: the policy's trust section (or, without one, our ca.pub).
+        self.trust.set_anchors(anchors_from_policy(doc, self.identity.ca_public))
 
     def _on_connection(self, connected: bool) -> None:
         if self.config.mqtt.broker:
@@ -197,6 +241,27 @@ class Runtime:
             except Exception as exc:
                 log.exception("health sample failed")
                 self.last_error = f"health sample failed: {exc!r}"
+            self._refresh_led()
+
+    async def _audit(self) -> None:
+        # Authentication failures go into the ledger as one tally per period,
+        # so a flood of bad messages costs one entry a minute, not one each.
+        while True:
+            await asyncio.sleep(AUDIT_PERIOD_S)
+            try:
+                self.auth_failures.flush()
+            except Exception:
+                log.exception("could not write the authentication failure tally")
+
+    async def _verify_ledger(self) -> None:
+        # A full check at start, off the loop (it is CPU work on its own connection).
+        started = time.monotonic()
+        report = await asyncio.get_running_loop().run_in_executor(None, self.ledger.verify)
+        self.ledger_check = {**report.to_dict(), "state": "ok" if report.ok else "BAD",
+                             "took_s": round(time.monotonic() - started, 3)}
+        if not report.ok:
+            self.last_error = f"ledger does not verify: entry {report.bad_seq}: {report.reason}"
+            log.error("%s", self.last_error)
             self._refresh_led()
 
     async def _watchdog(self, interval_s: float) -> None:
@@ -243,7 +308,11 @@ class Runtime:
                 "dropped": dict(self.channel.dropped),
                 "handler_errors": stats.handler_errors,
             },
-            "peers_heard": len(self.heard),
+            "peers": self.membership.counts(),
+            "policy_version": self.policy.version,
+            "blocklist": self.blocklist.counters(),
+            "ledger": {"size": len(self.ledger), "verified": self.ledger_check,
+                       "checkpoint_flags": self.checkpoints.flags()},
             "heartbeats_sent": self.presence.heartbeats_sent,
             "health": self._health_summary(),
             "led": self.led.state.value,
@@ -253,6 +322,16 @@ class Runtime:
 
     async def _rpc_status(self, _params: dict[str, Any]) -> dict[str, Any]:
         return self.status()
+
+    async def _rpc_peers(self, _params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "scope": self.membership.scope,
+            "counts": self.membership.counts(),
+            "peers": [peer.to_dict() for peer in self.membership.peers()],
+        }
+
+    async def _rpc_policy(self, _params: dict[str, Any]) -> dict[str, Any]:
+        return self.policy.show()
 
     async def _rpc_led_test(self, params: dict[str, Any]) -> list[str]:
         dwell = float(params.get("dwell_s", 1.0))

@@ -87,6 +87,12 @@ class Topics:
     def hb(self, dev: str) -> str:
         return self.base + "node/" + check_name(dev, "device id") + "/hb"
 
+    def member(self, group: str, dev: str) -> str:
+        """Retained marker: ``dev`` is in ``group`` (how group peers find each other)."""
+        return self.base + "group/" + check_name(group, "group") + "/" + check_name(
+            dev, "device id"
+        )
+
     def policy(self) -> str:
         return self.base + "policy"
 
@@ -106,6 +112,14 @@ class Topics:
 
     def block(self) -> str:
         return self.base + "block"
+
+    def block_snapshot(self) -> str:
+        """Retained: every current blocklist entry, so a device that joins late learns them.
+
+        An addition to the contract's topic table (``block`` itself is not
+        retained: each entry is a live event that every device records).
+        """
+        return self.base + "block/snapshot"
 
     def mem(self, pool: str, *rest: str) -> str:
         parts = [check_name(pool, "pool")]
@@ -137,10 +151,18 @@ class Topics:
         try:
             if head == "node" and n == 3 and parts[2] in ("state", "hb"):
                 return ParsedTopic(parts[2], {"dev": check_name(parts[1], "device id")})
+            if head == "group" and n == 3:
+                return ParsedTopic(
+                    "member",
+                    {"group": check_name(parts[1], "group"),
+                     "dev": check_name(parts[2], "device id")},
+                )
             if head == "policy" and n == 1:
                 return ParsedTopic("policy", {})
             if head == "block" and n == 1:
                 return ParsedTopic("block", {})
+            if head == "block" and n == 2 and parts[1] == "snapshot":
+                return ParsedTopic("block_snapshot", {})
             if head == "cmd" and n == 2 and parts[1] == "all":
                 return ParsedTopic("cmd_all", {})
             if head == "cmd" and n == 3 and parts[1] == "group":

@@ -94,7 +94,8 @@ def test_session_number_grows_across_restarts(broker, fleet, agents):
 
 def test_bad_messages_are_dropped_and_counted_while_agent_keeps_running(broker, fleet, agents):
     ca, root = fleet
-    agent = agents(root, "--broker", broker.url, env={"IGRIS_HEALTH_HEARTBEAT_S": "0.2"})
+    agent = agents(root, "--broker", broker.url,
+                   env={"IGRIS_HEALTH_HEARTBEAT_S": "0.2", "IGRIS_MESH_SCOPE": "fleet"})
     agent.wait_ready()
     agent.wait_for(lambda s: s["broker"]["connected"], what="connected")
     # A second, genuine device to forge against.
@@ -108,7 +109,7 @@ def test_bad_messages_are_dropped_and_counted_while_agent_keeps_running(broker, 
         Envelope("pi-02", "state", {"session": 1, "cert": ident.certificate.to_dict()},
                  [NOW_MS, 0]), ident.sign)
     pub(broker.port, "igris/lab/node/pi-02/state", birth.encode(), retain=True)
-    agent.wait_for(lambda s: s["peers_heard"] == 1, what="pi-02 heard")
+    agent.wait_for(lambda s: s["peers"].get("alive") == 1, what="pi-02 alive")
 
     good = sign_envelope(Envelope("pi-02", "state", {"seq": 1}, [int(time.time() * 1000), 0]),
                          ident.sign)

@@ -64,6 +64,24 @@ class AgentProcess:
     def status(self) -> dict[str, Any]:
         return call(self.root / SOCKET_NAME, "status", timeout=5)
 
+    def peers(self) -> dict[str, str]:
+        """Device id -> state, as ``igris peers`` reports it."""
+        result = call(self.root / SOCKET_NAME, "peers", timeout=5)
+        return {p["device_id"]: p["state"] for p in result["peers"]}
+
+    def wait_peers(self, want: dict[str, str], timeout: float = 10.0) -> dict[str, str]:
+        """Poll ``peers`` until every device in ``want`` has the wanted state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            peers = self.peers()
+            if all(peers.get(dev) == state for dev, state in want.items()):
+                return peers
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{self.root.name}: wanted {want}, peers are {peers}\n{self.output()[-3000:]}"
+                )
+            time.sleep(0.05)
+
     def wait_for(self, predicate, timeout: float = 10.0, what: str = "condition"):
         """Poll ``status`` until ``predicate(status)`` is truthy."""
         deadline = time.monotonic() + timeout

@@ -28,12 +28,14 @@ def built_topics(t: Topics, rng: random.Random) -> list[tuple[str, str, dict]]:
     return [
         (t.state(dev), "state", {"dev": dev}),
         (t.hb(dev), "hb", {"dev": dev}),
+        (t.member(group, dev), "member", {"group": group, "dev": dev}),
         (t.policy(), "policy", {}),
         (t.cmd(dev), "cmd", {"dev": dev}),
         (t.cmd_group(group), "cmd_group", {"group": group}),
         (t.cmd_all(), "cmd_all", {}),
         (t.checkpoint(dev), "checkpoint", {"dev": dev}),
         (t.block(), "block", {}),
+        (t.block_snapshot(), "block_snapshot", {}),
         (t.mem(pool), "mem", {"pool": pool, "rest": []}),
         (t.mem(pool, sub, dev), "mem", {"pool": pool, "rest": [sub, dev]}),
         (t.cmnd(dev, cmd), "cmnd", {"dev": dev, "command": cmd}),
@@ -55,9 +57,11 @@ def test_built_topics_match_their_subscription_filters() -> None:
     t = Topics("lab")
     filters = {
         "state": t.filter("node", "+", "state"), "hb": t.filter("node", "+", "hb"),
+        "member": t.filter("group", "+", "+"),
         "policy": t.policy(), "cmd": t.filter("cmd", "+"),
         "cmd_group": t.filter("cmd", "group", "+"), "cmd_all": t.cmd_all(),
         "checkpoint": t.filter("ledger", "+", "checkpoint"), "block": t.block(),
+        "block_snapshot": t.block_snapshot(),
         "mem": t.filter("mem", "#"), "cmnd": t.filter("cmnd", "+", "+"),
         "stat": t.filter("stat", "+", "+"),
     }

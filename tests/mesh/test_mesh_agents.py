@@ -1,0 +1,210 @@
+"""Five real ``igris run`` processes on a real Mosquitto: the mesh seen through ``peers``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.identity import FleetCa, Identity, enroll
+from agent.wire import Envelope, sign_envelope
+from tests.support.agent_process import AgentProcess, short_root
+from tests.support.mqtt_cli import Sub, pub
+
+REPO = Path(__file__).resolve().parents[2]
+NAMES = ("n1", "n2", "n3", "n4", "n5")
+FAST = {"IGRIS_HEALTH_HEARTBEAT_S": "0.5"}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Mesh:
+    """A fleet CA, five enrolled roots in group ``lab`` and their agent processes."""
+
+    def __init__(self, broker) -> None:
+        self.broker = broker
+        self.base = short_root()
+        self.ca = FleetCa.init(self.base / "ca", "lab")
+        self.agents: dict[str, AgentProcess] = {}
+        for name in NAMES:
+            enroll(self.base / name, self.ca, name, now_ms=now_ms(), groups=("lab",))
+
+    def start(self, name: str) -> AgentProcess:
+        agent = AgentProcess(self.base / name, "--broker", self.broker.url, env=FAST).start()
+        self.agents[name] = agent
+        return agent
+
+    def others(self, name: str) -> list[AgentProcess]:
+        return [a for n, a in self.agents.items() if n != name and a.proc.poll() is None]
+
+    def wait_all(self, want: dict[str, str], timeout: float = 10.0, skip: tuple = ()) -> None:
+        for name, agent in self.agents.items():
+            if agent.proc.poll() is None and name not in skip:
+                agent.wait_peers({d: s for d, s in want.items() if d != name}, timeout)
+
+    def close(self) -> None:
+        for agent in self.agents.values():
+            agent.close()
+
+
+@pytest.fixture
+def mesh(broker):
+    m = Mesh(broker)
+    for name in NAMES:
+        m.start(name)
+    for agent in m.agents.values():
+        agent.wait_ready()
+    yield m
+    m.close()
+
+
+def all_alive() -> dict[str, str]:
+    return dict.fromkeys(NAMES, "alive")
+
+
+def test_all_see_all_then_kill_and_graceful_stop(mesh):
+    mesh.wait_all(all_alive())
+    mesh.agents["n2"].kill()  # kill -9: the broker sends n2's will at once
+    mesh.wait_all({**all_alive(), "n2": "dead"}, timeout=5)
+    t0 = time.monotonic()
+    assert mesh.agents["n3"].stop() == 0
+    mesh.wait_all({"n3": "left"}, timeout=5)
+    assert time.monotonic() - t0 < 3
+    peers = json.loads(json.dumps(mesh.agents["n1"].peers()))
+    assert peers == {"n2": "dead", "n3": "left", "n4": "alive", "n5": "alive"}
+
+
+def test_broker_restart_then_everyone_rejoins(mesh):
+    mesh.wait_all(all_alive())
+    mesh.broker.kill()
+    time.sleep(1.0)
+    mesh.broker.restart()
+    for agent in mesh.agents.values():
+        agent.wait_for(lambda s: s["broker"]["connected"], timeout=20, what="reconnected")
+    mesh.wait_all(all_alive())
+    # Still detecting after the restart (fresh subscriptions, fresh wills).
+    mesh.agents["n5"].kill()
+    mesh.wait_all({"n5": "dead"}, timeout=5)
+
+
+def test_stale_death_after_a_fast_restart_does_not_kill(mesh):
+    mesh.wait_all(all_alive())
+    sub = Sub(mesh.broker.port, "igris/lab/node/n4/state")
+    try:
+        mesh.agents["n4"].kill()
+        _, will = sub.expect(lambda _t, d: isinstance(d, dict) and d.get("kind") == "death")
+    finally:
+        sub.close()
+    assert will["body"]["reason"] == "lost"
+    mesh.start("n4").wait_ready()
+    mesh.wait_all(all_alive())
+    # The old session's will arrives again, late (a bridge, a slow broker): ignored.
+    payload = Envelope(will["src"], "death", will["body"], will["ts"], id=will["id"])
+    payload.sig = will["sig"]
+    pub(mesh.broker.port, "igris/lab/node/n4/state", payload.encode())
+    time.sleep(0.5)
+    mesh.wait_all(all_alive())
+    assert mesh.agents["n1"].status()["peers"] == {"alive": 4}
+
+
+def test_forged_birth_from_an_unknown_key_is_ignored(mesh):
+    mesh.wait_all(all_alive())
+    other_ca = FleetCa.init(mesh.base / "evil-ca", "lab")
+    enroll(mesh.base / "evil", other_ca, "n9", now_ms=now_ms(), groups=("lab",))
+    evil = Identity.load(mesh.base / "evil")
+    cert = evil.certificate.to_dict()
+    marker = sign_envelope(Envelope("n9", "state", {"group": "lab", "cert": cert},
+                                    [now_ms(), 0]), evil.sign)
+    birth = sign_envelope(Envelope("n9", "state", {"session": 1, "cert": cert},
+                                   [now_ms(), 0]), evil.sign)
+    pub(mesh.broker.port, "igris/lab/group/lab/n9", marker.encode(), retain=True)
+    pub(mesh.broker.port, "igris/lab/node/n9/state", birth.encode(), retain=True)
+    agent = mesh.agents["n1"]
+    agent.wait_for(lambda s: s["messages"]["dropped"].get("bad_certificate", 0) >= 1,
+                   what="forged marker dropped")
+    time.sleep(0.3)
+    assert "n9" not in agent.peers()
+
+
+def test_peer_table_survives_an_agent_restart(mesh):
+    mesh.wait_all(all_alive())
+    mesh.agents["n2"].kill()
+    mesh.wait_all({"n2": "dead"}, timeout=5)
+    n1 = mesh.agents["n1"]
+    assert n1.stop() == 0
+    # Offline (no agent running): the table is in n1's database.
+    restarted = mesh.start("n1")
+    restarted.wait_ready()
+    first = restarted.peers()
+    assert first["n2"] == "dead"
+    assert set(first) == {"n2", "n3", "n4", "n5"}
+    restarted.wait_peers({"n2": "dead", "n3": "alive", "n4": "alive", "n5": "alive"})
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], check=False,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_policy_push_reaches_all_and_late_joiners_rollback_and_wrong_role_refused(mesh, tmp_path):
+    mesh.wait_all(all_alive())
+    op_root = mesh.base / "op"
+    enroll(op_root, mesh.ca, "op1", now_ms=now_ms(), role="operator")
+    assert mesh.agents["n5"].stop() == 0
+    doc = json.loads((REPO / "ai_assistant_config" / "policy.json").read_text())
+    doc.update(version=2, membership={"suspect_after_s": 0.6, "dead_after_s": 1.2})
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps(doc))
+
+    done = run_cli("policy", "push", str(policy_file), "--root", str(op_root),
+                   "--broker", mesh.broker.url, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["version"] == 2
+    for name in ("n1", "n2", "n3", "n4"):
+        mesh.agents[name].wait_for(lambda s: s["policy_version"] == 2, what="policy 2")
+    late = mesh.start("n5")
+    late.wait_ready()
+    late.wait_for(lambda s: s["policy_version"] == 2, what="late joiner")
+
+    # The CLI refuses what devices would refuse, with the reason.
+    doc["version"] = 1
+    policy_file.write_text(json.dumps(doc))
+    again = run_cli("policy", "push", str(policy_file), "--root", str(op_root),
+                    "--broker", mesh.broker.url)
+    assert again.returncode == 1 and "not newer than version 2" in again.stderr
+    wrong = run_cli("policy", "push", str(policy_file), "--root", str(mesh.base / "n1"),
+                    "--broker", mesh.broker.url)
+    assert wrong.returncode == 1 and "needs an operator" in wrong.stderr
+
+    # Devices refuse them too when they arrive anyway (signed by hand, published raw).
+    for signer, version, reason in ((op_root, 1, "version"), (mesh.base / "n1", 7, "role")):
+        ident = Identity.load(signer)
+        body = {"policy": {**doc, "version": version}, "cert": ident.certificate.to_dict()}
+        env = sign_envelope(Envelope(ident.device_id, "policy", body, [now_ms(), 0]),
+                            ident.sign)
+        pub(mesh.broker.port, "igris/lab/policy", env.encode())
+        shown = json.loads(run_cli("policy", "show", "--root", str(mesh.base / "n2"),
+                                   "--json").stdout)
+        deadline = time.monotonic() + 5
+        while shown["rejected"].get(reason) != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            shown = json.loads(run_cli("policy", "show", "--root", str(mesh.base / "n2"),
+                                       "--json").stdout)
+        assert shown["rejected"].get(reason) == 1, shown
+        assert shown["version"] == 2
+
+    # The new timeouts are in force: a frozen agent (connection open, no heartbeats)
+    # goes suspect, then dead, within about a second.
+    mesh.agents["n3"].signal(signal.SIGSTOP)
+    try:
+        mesh.wait_all({"n3": "dead"}, timeout=6, skip=("n3",))
+    finally:
+        mesh.agents["n3"].signal(signal.SIGCONT)
+    mesh.wait_all(all_alive(), timeout=6)  # and back to alive with its next heartbeat
