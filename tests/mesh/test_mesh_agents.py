@@ -208,3 +208,39 @@ def test_policy_push_reaches_all_and_late_joiners_rollback_and_wrong_role_refuse
     finally:
         mesh.agents["n3"].signal(signal.SIGCONT)
     mesh.wait_all(all_alive(), timeout=6)  # and back to alive with its next heartbeat
+
+
+def test_blocklist_reaches_every_agent_and_survives_restart(mesh):
+    mesh.wait_all(all_alive())
+    op_root = mesh.base / "op"
+    enroll(op_root, mesh.ca, "op1", now_ms=now_ms(), role="operator")
+    assert mesh.agents["n5"].stop() == 0  # joins late: learns the block from the snapshot
+    done = run_cli("block", "add", "n4", "--reason", "stolen", "--root", str(op_root),
+                   "--broker", mesh.broker.url)
+    assert done.returncode == 0, done.stderr
+    mesh.wait_all({"n4": "blocked"}, timeout=5, skip=("n4",))
+    # n4's heartbeats are now dropped at the gate of every other agent.
+    n1 = mesh.agents["n1"]
+    n1.wait_for(lambda s: s["messages"]["dropped"].get("blocked", 0) >= 2, what="drops")
+    assert n1.status()["blocklist"]["blocked"] == 1
+    late = mesh.start("n5")
+    late.wait_ready()
+    late.wait_peers({"n4": "blocked", "n1": "alive"})
+    # Survives a restart: enforced from the database before any message arrives.
+    assert n1.stop() == 0
+    again = mesh.start("n1")
+    again.wait_ready()
+    assert again.peers()["n4"] == "blocked"
+    listed = json.loads(run_cli("block", "list", "--root", str(mesh.base / "n1"),
+                                "--json").stdout)
+    assert [(e["target"], e["state"]) for e in listed] == [("device:n4", "blocked")], listed
+    # And it is in the ledger, which still verifies.
+    ledger = json.loads(run_cli("ledger", "show", "--root", str(mesh.base / "n1"), "--kind",
+                                "block", "--json").stdout)
+    assert len(ledger) == 1 and ledger[0]["body"]["target"] == "device:n4", ledger
+    assert run_cli("ledger", "verify", "--root", str(mesh.base / "n1")).returncode == 0
+    # Lifted: n4 is heard again.
+    done = run_cli("block", "remove", "n4", "--reason", "found", "--root", str(op_root),
+                   "--broker", mesh.broker.url)
+    assert done.returncode == 0, done.stderr
+    mesh.wait_all(all_alive(), timeout=10)
