@@ -54,6 +54,7 @@ def b64url_encode(data: bytes) -> str:
 
 
 _B64URL_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_PAD_BITS = (0, 0, 0x0F, 0x03)  # by len(text) % 4 (1 is refused before)
 
 
 def b64url_decode(text: str) -> bytes:
@@ -70,11 +71,12 @@ def b64url_decode(text: str) -> bytes:
         raise ValueError("not base64url: " + repr(text[:16]))
     if len(text) % 4 == 1:
         raise ValueError("base64url text has an impossible length")
-    padded = text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4)
-    data = binascii.a2b_base64(padded.encode())
-    if b64url_encode(data) != text:
+    # The last character of a 2- or 3-character tail carries 4 or 2 pad bits.
+    pad_mask = _PAD_BITS[len(text) % 4]
+    if pad_mask and _B64URL_CHARS.index(text[-1]) & pad_mask:
         raise ValueError("base64url text has non-zero pad bits: " + repr(text[-4:]))
-    return data
+    padded = text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4)
+    return binascii.a2b_base64(padded.encode())
 
 
 def sha256(data: bytes) -> bytes:

@@ -171,3 +171,20 @@ def test_ts_is_stored_as_two_ints() -> None:
     env = Envelope("pi-01", "tele", {}, (5, 7))
     assert env.ts == [5, 7]
     assert env.encode().count(b'"ts":[5,7]') == 1
+
+
+@pytest.mark.parametrize(("src", "kind", "env_id", "v"), [
+    ("pi-01", "state", "AAAAAAAAAAAAAAAAAAAAAA", 1),      # the built fast path
+    ("pi.01_x-Y", "cmd", "id.with.dots", 1),
+    ('quote"d', "state", "x", 1),                         # needs escaping: general path
+    ("pi-01", "state", "ünïcode", 1),
+    ("pi-01", "state", "x", True),                        # not an int: general path
+])
+def test_signing_bytes_are_always_the_canonical_json(src, kind, env_id, v) -> None:
+    from agent.compat import canonical_json
+
+    env = Envelope(src, kind, {"b": [1, 2.5, None], "a": {"z": "é", "y": True}}, [-5, 7],
+                   id=env_id, v=v)
+    assert env.signing_bytes() == canonical_json(env.unsigned_dict())
+    env.sig = "c2ln"
+    assert env.encode() == canonical_json(env.to_dict())
