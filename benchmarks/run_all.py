@@ -35,6 +35,8 @@ def bench_args(name: str, args: argparse.Namespace) -> list[str]:
         return ["--cpu-seconds", str(args.cpu_seconds)]
     if name == "bench_start":
         return ["--runs", str(args.runs)]
+    if name == "bench_membership":
+        return ["--runs", "1"]  # one join+kill and one join+stop each for Igris and Serf, ~1 min
     return []
 
 
