@@ -100,6 +100,19 @@ class PolicyRejected(IgrisError, _ValueError):
     """A policy document was refused (schema, signer role or version); says why."""
 
 
+class CommandError(IgrisError):
+    """Base for command bus problems."""
+
+
+class CommandRefused(CommandError):
+    """A command was not run; ``code`` is short and countable, the message says why."""
+
+    def __init__(self, code, detail=""):
+        self.code = code
+        self.detail = detail
+        super().__init__(code if not detail else code + ": " + detail)
+
+
 class ProfileNotFound(ConfigError, _LookupError):
     """No target profile of that name ships with Igris."""
 

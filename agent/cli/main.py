@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from agent import __version__
 from agent.cli import (
     block_cmd,
+    cmd_cmd,
     identity_cmd,
     led_cmd,
     ledger_cmd,
@@ -26,8 +27,8 @@ from agent.cli import (
 from agent.errors import IgrisError
 
 COMMANDS = (
-    run_cmd, status_cmd, peers_cmd, policy_cmd, ledger_cmd, block_cmd, identity_cmd, led_cmd,
-    version_cmd,
+    run_cmd, status_cmd, peers_cmd, cmd_cmd, policy_cmd, ledger_cmd, block_cmd, identity_cmd,
+    led_cmd, version_cmd,
 )
 
 

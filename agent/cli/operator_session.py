@@ -53,11 +53,13 @@ class OperatorSession:
     channel: SignedChannel
     topics: Topics
 
-    async def fetch_retained(self, topic: str, timeout_s: float = 1.0) -> Message | None:
-        """The message retained on ``topic``, or None if none arrives within ``timeout_s``.
+    async def fetch_retained(self, topic: str, timeout_s: float = 0.25) -> Message | None:
+        """The message retained on ``topic``, or None if none arrives ``timeout_s`` after
+        the broker acknowledged the subscription.
 
-        The broker sends a retained message right after the subscription is
-        acknowledged, so the wait is only long when there is none.
+        The broker sends a retained message right after the SUBACK (which
+        ``subscribe`` waits for), so a short grace suffices; the wait is only
+        that long when nothing is retained.
         """
         got: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
 

@@ -66,5 +66,4 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so commands that only talk to a running agent stay light.
     from agent.runtime import serve
 
-    asyncio.run(serve(root, config))
-    return 0
+    return asyncio.run(serve(root, config))

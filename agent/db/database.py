@@ -100,6 +100,22 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        6,
+        """
+        -- Commands executed, by request id (agent/bus/server.py): a redelivered
+        -- request gets the stored reply and is not run twice. Pruned after a day.
+        CREATE TABLE command_log (
+            id        TEXT PRIMARY KEY,
+            src       TEXT NOT NULL,
+            command   TEXT NOT NULL,
+            ok        INTEGER NOT NULL,
+            reply     TEXT NOT NULL,
+            done_ms   INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX command_log_done ON command_log (done_ms);
+        """,
+    ),
 )
 
 

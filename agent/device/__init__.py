@@ -2,10 +2,12 @@
 
 Profiles describe the hardware (:func:`load_profile`); the health monitor
 samples it (:class:`HealthMonitor`); the health LED shows the result
-(:class:`HealthLed`, :func:`led_state_for`).
+(:class:`HealthLed`, :func:`led_state_for`); commands drive the profile's
+named outputs (:class:`GpioOutputs`).
 """
 
 from agent.device.gpio_inputs import GpioInputs
+from agent.device.gpio_outputs import GpioOutputs
 from agent.device.health import BatteryReading, HealthMonitor, HealthReport, HealthStatus
 from agent.device.led import PATTERNS, HealthLed, LedState, led_state_for
 from agent.device.profile import (
@@ -28,6 +30,7 @@ __all__ = [
     "BatteryReading",
     "GpioInputSpec",
     "GpioInputs",
+    "GpioOutputs",
     "GpioSpec",
     "HealthLed",
     "HealthMonitor",

@@ -193,6 +193,10 @@ class HealthMonitor:
             gpio=MappingProxyType(self._inputs.read()),
         )
 
+    def read_inputs(self) -> dict[str, bool]:
+        """The profile's GPIO inputs now (those that can be read here)."""
+        return self._inputs.read()
+
     def close(self) -> None:
         """Release the GPIO inputs."""
         self._inputs.close()

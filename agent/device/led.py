@@ -99,10 +99,12 @@ class HealthLed:
 
     It starts out showing ``booting``. Showing the state already shown does
     nothing, so callers may repeat it after every health sample without
-    restarting the rhythm.
+    restarting the rhythm. An :meth:`override` shows another state for a
+    while (to point out one board in a rack) without the health samples
+    cutting it short.
     """
 
-    __slots__ = ("_led", "_state", "_tick_s")
+    __slots__ = ("_led", "_override", "_override_end", "_state", "_tick_s", "_wanted")
 
     def __init__(
         self,
@@ -138,7 +140,10 @@ class HealthLed:
                     ),
                     stacklevel=2,
                 )
-        self._state = LedState.BOOTING
+        self._wanted = LedState.BOOTING  # what show() asked for
+        self._override: LedState | None = None
+        self._override_end: asyncio.TimerHandle | None = None
+        self._state = LedState.BOOTING  # what is shown
         self._play(PATTERNS[self._state])
 
     @property
@@ -152,19 +157,46 @@ class HealthLed:
         return self._led is None
 
     def show(self, state: LedState) -> None:
-        """Show ``state``; a no-op when it is already shown."""
+        """Show ``state``; a no-op when it is already shown.
+
+        During an :meth:`override` the state is kept, and shown when the
+        override ends.
+        """
+        self._wanted = LedState(state)
+        self._render()
+
+    def override(self, state: LedState, seconds: float) -> None:
+        """Show ``state`` for ``seconds``, then what :meth:`show` last asked for.
+
+        Call it on the event loop, which ends the override. A new override
+        replaces the one running, with its own duration.
+        """
+        if not seconds > 0:
+            raise ValueError(f"seconds must be positive, got {seconds!r}")
         state = LedState(state)
-        if state is self._state:
-            return
-        self._state = state
-        self._play(PATTERNS[state])
+        loop = asyncio.get_running_loop()
+        if self._override_end is not None:
+            self._override_end.cancel()
+        self._override = state
+        self._override_end = loop.call_later(seconds, self.end_override)
+        self._render()
+
+    def end_override(self) -> None:
+        """Show what :meth:`show` last asked for now; a no-op without an override."""
+        if self._override_end is not None:
+            self._override_end.cancel()
+            self._override_end = None
+        self._override = None
+        self._render()
 
     async def cycle(self, dwell_s: float = 3.0) -> AsyncIterator[LedState]:
         """Show every pattern in turn for ``dwell_s`` each (``igris led test``).
 
         Yields each state as it starts showing; afterwards (or if the caller
-        stops early) the LED goes back to the state it showed before.
+        stops early) the LED goes back to the state it showed before. A
+        running override ends first: the person testing wants to see the LED.
         """
+        self.end_override()
         before = self._state
         try:
             for state in LedState:
@@ -176,9 +208,17 @@ class HealthLed:
 
     def close(self) -> None:
         """Turn the LED off and release its pin; the state is still tracked."""
+        self.end_override()
         if self._led is not None:
             self._led.close()
             self._led = None
+
+    def _render(self) -> None:
+        state = self._wanted if self._override is None else self._override
+        if state is self._state:
+            return
+        self._state = state
+        self._play(PATTERNS[state])
 
     def _play(self, frames: tuple[int, ...]) -> None:
         led = self._led

@@ -70,6 +70,7 @@ class Membership:
         tick_s: float = 1.0,
         flush_s: float = 30.0,
         is_blocked: Callable[[str], bool] = lambda _dev: False,
+        announce: bool = True,
     ):
         self.channel = channel
         self.topics = topics
@@ -81,6 +82,8 @@ class Membership:
         self._is_blocked = is_blocked
         self._me = channel.identity.device_id
         self._groups = tuple(channel.identity.certificate.groups)
+        # An observer (``igris cmd`` watching the fleet) follows but is not a member.
+        self._marked_groups = self._groups if announce else ()
         self._peers: dict[str, Peer] = {}
         self._heard: dict[str, int] = {}  # device -> ms heard, for timeouts (memory only)
         self._unflushed: dict[str, int] = {}
@@ -293,7 +296,7 @@ class Membership:
 
     async def _publish_markers(self) -> None:
         cert = self.channel.identity.certificate.to_dict()
-        for group in self._groups:
+        for group in self._marked_groups:
             await self.channel.publish(
                 self.topics.member(group, self._me), "state", {"group": group, "cert": cert},
                 qos=1, retain=True,

@@ -21,6 +21,7 @@ from agent.errors import PolicyRejected
 from agent.security_mesh import anchors_from_policy
 
 Check = Callable[[Any], str | None]
+ACTION_MAX_S = 600.0  # the longest a policy action may run (action.run)
 
 
 def _number(lo: float | None = None, hi: float | None = None, *, above: float | None = None
@@ -56,6 +57,38 @@ def _trust(v: Any) -> str | None:
     return None
 
 
+def _name_list(v: Any) -> str | None:
+    ok = isinstance(v, list) and all(isinstance(x, str) and x for x in v)
+    return None if ok else "a list of command names"
+
+
+def _role_map(v: Any) -> str | None:
+    roles = {"device", "operator", "scheduler"}
+    ok = isinstance(v, dict) and all(
+        isinstance(r, list) and r and set(r) <= roles for r in v.values())
+    return None if ok else 'an object like {"gpio.write": ["operator"]} (roles: device, ' \
+        "operator, scheduler)"
+
+
+def _actions(v: Any) -> str | None:
+    shape = ('an object like {"reboot-camera": {"argv": ["systemctl", "restart", "cam"], '
+             '"timeout_s": 10}}')
+    if not isinstance(v, dict):
+        return shape
+    for name, action in v.items():
+        if not (isinstance(action, dict) and set(action) <= {"argv", "timeout_s", "help"}):
+            return shape
+        argv = action.get("argv")
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+            return f"actions.{name}.argv as a non-empty list of strings (no shell)"
+        timeout = action.get("timeout_s", 10)
+        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                or not 0 < timeout <= ACTION_MAX_S):
+            return f"actions.{name}.timeout_s as a number of seconds, above 0 and at most " \
+                f"{ACTION_MAX_S:g}"
+    return None
+
+
 # section -> key -> check; a nested dict is a sub-table.
 SCHEMA: dict[str, Any] = {
     "version": _version,
@@ -84,6 +117,14 @@ SCHEMA: dict[str, Any] = {
         "max_cpu_percent": _number(0, 100),
     },
     "trust": _trust,
+    "commands": {
+        # Commands plain MQTT clients (cmnd/<dev>/<command>) may run beyond the
+        # read-only ones, and who may call a command (overrides its default roles).
+        "plain_mqtt": _name_list,
+        "roles": _role_map,
+        "refusals_per_s": _number(above=0),
+    },
+    "actions": _actions,
 }
 REQUIRED = ("version",)
 

@@ -53,7 +53,7 @@ class Presence:
 
     def will(self) -> Will:
         """The signed death the broker sends for this session if we vanish."""
-        env = self.channel.seal("death", {"session": self.session, "reason": "lost"})
+        env = self.channel.seal("death", self._death("lost"))
         return Will(self.topics.state(self._device), env.encode(), qos=1, retain=True)
 
     async def start(self) -> None:
@@ -72,9 +72,15 @@ class Presence:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
         await self.channel.publish(
-            self.topics.state(self._device), "death",
-            {"session": self.session, "reason": "shutdown"}, qos=1, retain=True,
+            self.topics.state(self._device), "death", self._death("shutdown"), qos=1,
+            retain=True,
         )
+
+    def _death(self, reason: str) -> dict[str, Any]:
+        # With the certificate: the death stays retained, and an observer that
+        # never saw this device alive can still verify it (and list it dead).
+        return {"session": self.session, "reason": reason,
+                "cert": self.channel.identity.certificate.to_dict()}
 
     async def publish_birth(self) -> None:
         body = dict(self._describe())

@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.compat import wall_ms
+from agent.bus import Bus, CommandRegistry, CommandServer
+from agent.bus.builtins import BuiltinContext, builtin_commands
+from agent.bus.plain import PlainCommands
+from agent.compat import b64url_encode, wall_ms
 from agent.config import Config
 from agent.control import SOCKET_NAME, ControlServer
 from agent.db import Database
 from agent.device import HealthLed, HealthMonitor, HealthReport, led_state_for, load_profile
+from agent.device.gpio_outputs import GpioOutputs
 from agent.device.pins import make_pin_factory
 from agent.errors import ConfigInvalid
 from agent.identity import SignedChannel, TrustStore
@@ -41,6 +45,7 @@ from agent.wire import HybridClock, Topics
 log = logging.getLogger(__name__)
 
 DB_NAME = "igris.db"
+EXIT_RESTART = 75  # EX_TEMPFAIL: asked to restart (agent.restart); systemd starts us again
 AUDIT_PERIOD_S = 60.0
 _UNIX_PATH_MAX = 107
 
@@ -66,6 +71,8 @@ class Runtime:
         self.notifier = notifier or SystemdNotifier()
         self.started_monotonic = time.monotonic()
         self.stopped = asyncio.Event()
+        self.stop_requested = asyncio.Event()  # serve() stops the agent when this is set
+        self.exit_code = 0
         self.last_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.health: HealthReport | None = None
@@ -102,7 +109,8 @@ class Runtime:
             max_bytes=config.limits.max_message_bytes,
             skew_ms=int(config.limits.clock_skew_s * 1000),
         )
-        needs_gpio = self.profile.led.pin is not None or bool(self.profile.gpio.inputs)
+        needs_gpio = (self.profile.led.pin is not None or bool(self.profile.gpio.inputs)
+                      or bool(self.profile.gpio.outputs))
         pin_factory = make_pin_factory(config.health.pin_factory) if needs_gpio else None
         self.monitor = HealthMonitor(
             self.profile, sysfs_root=Path(config.health.sysfs_root), pin_factory=pin_factory
@@ -132,6 +140,8 @@ class Runtime:
         self.policy.add_listener(self._apply_policy)
         self.checkpoints = Checkpoints(self.ledger, self.channel, self.topics, self.db,
                                        now_ms=now_ms)
+        self.outputs = GpioOutputs(self.profile.gpio.outputs, pin_factory=pin_factory)
+        self._build_command_bus()
         self.presence = Presence(
             self.channel, self.topics, session=self.session, describe=self._describe,
             health=self._health_summary, heartbeat_s=config.health.heartbeat_s,
@@ -173,6 +183,9 @@ class Runtime:
         await self.blocklist.start()
         await self.membership.start()
         await self.checkpoints.start()
+        await self.commands.start()
+        await self.plain.start()
+        await self.bus.start()
         await self.presence.start()
         self.booting = False
         self._refresh_led()
@@ -197,6 +210,9 @@ class Runtime:
         try:
             await self.presence.stop()
         finally:
+            await self.bus.stop()
+            await self.plain.stop()
+            await self.commands.stop()
             await self.checkpoints.stop()
             await self.membership.stop()
             await self.blocklist.stop()
@@ -205,6 +221,7 @@ class Runtime:
             await self.transport.stop()
             await self.control.stop()
             self.led.close()
+            self.outputs.close()
             self.monitor.close()
             self.db.close()
             self.stopped.set()
@@ -212,6 +229,51 @@ class Runtime:
 
     def _spawn(self, coro: Any, name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))
+
+    def _build_command_bus(self) -> None:
+        self.registry = CommandRegistry()
+        for spec in builtin_commands(self._builtin_context()):
+            self.registry.add(spec)
+        self.commands = CommandServer(
+            self.channel, self.topics, self.db, self.registry, record=self.ledger.append,
+            policy_section=self.policy.section, now_ms=self._now_ms,
+        )
+        self.plain = PlainCommands(self.transport, self.topics, self.commands,
+                                   device_id=self.identity.device_id)
+        self.bus = Bus(self.channel, self.topics, membership=self.membership,
+                       serves_commands=True)
+
+    def _builtin_context(self) -> BuiltinContext:
+        async def sample_health() -> dict[str, Any]:
+            self.health = await self.monitor.sample()
+            return self.health.to_dict()
+
+        def ledger_head() -> dict[str, Any]:
+            size, head = self.ledger.head()
+            return {"size": size, "head": b64url_encode(head)}
+
+        return BuiltinContext(
+            device_id=self.identity.device_id,
+            status=self.status,
+            sample_health=sample_health,
+            peers=self._peers_view,
+            policy=self.policy.show,
+            policy_section=self.policy.section,
+            ledger_head=ledger_head,
+            config=self.config.to_dict,
+            led=self.led,
+            outputs=self.outputs,
+            input_names=tuple(self.profile.gpio.inputs),
+            read_inputs=self.monitor.read_inputs,
+            restart=self.request_restart,
+            now_ms=self._now_ms,
+        )
+
+    def request_restart(self) -> None:
+        """Stop cleanly with exit status 75, so the service manager starts us again."""
+        log.warning("restart requested")
+        self.exit_code = EXIT_RESTART
+        self.stop_requested.set()
 
     def _apply_policy(self, doc: dict[str, Any]) -> None:
         membership = self.policy.section("membership")
@@ -311,6 +373,7 @@ class Runtime:
             "peers": self.membership.counts(),
             "policy_version": self.policy.version,
             "blocklist": self.blocklist.counters(),
+            "commands": {**self.commands.stats(), "plain_answered": self.plain.answered},
             "ledger": {"size": len(self.ledger), "verified": self.ledger_check,
                        "checkpoint_flags": self.checkpoints.flags()},
             "heartbeats_sent": self.presence.heartbeats_sent,
@@ -323,12 +386,15 @@ class Runtime:
     async def _rpc_status(self, _params: dict[str, Any]) -> dict[str, Any]:
         return self.status()
 
-    async def _rpc_peers(self, _params: dict[str, Any]) -> dict[str, Any]:
+    def _peers_view(self) -> dict[str, Any]:
         return {
             "scope": self.membership.scope,
             "counts": self.membership.counts(),
             "peers": [peer.to_dict() for peer in self.membership.peers()],
         }
+
+    async def _rpc_peers(self, _params: dict[str, Any]) -> dict[str, Any]:
+        return self._peers_view()
 
     async def _rpc_policy(self, _params: dict[str, Any]) -> dict[str, Any]:
         return self.policy.show()

@@ -13,16 +13,16 @@ from agent.runtime.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-async def serve(root: Path, config: Config) -> None:
-    """Start the agent for ``root`` and keep it up until a stop signal."""
+async def serve(root: Path, config: Config) -> int:
+    """Run the agent for ``root`` until a stop signal (or it asks to restart); exit status."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     runtime = Runtime(root, config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runtime.stop_requested.set)
     try:
         await runtime.start()
-        await stop.wait()
-        log.info("stop signal received")
+        await runtime.stop_requested.wait()
+        log.info("stopping (%s)", "restart requested" if runtime.exit_code else "stop signal")
     finally:
         await runtime.stop()
+    return runtime.exit_code

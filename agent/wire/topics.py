@@ -107,6 +107,12 @@ class Topics:
     def cmd_all(self) -> str:
         return self.base + "cmd/all"
 
+    def reply(self, dev: str, request_id: str) -> str:
+        """Where ``dev`` wants the replies to one of its requests (the response topic)."""
+        return self.base + "reply/" + check_name(dev, "device id") + "/" + check_name(
+            request_id, "request id"
+        )
+
     def checkpoint(self, dev: str) -> str:
         return self.base + "ledger/" + check_name(dev, "device id") + "/checkpoint"
 
@@ -169,6 +175,12 @@ class Topics:
                 return ParsedTopic("cmd_group", {"group": check_name(parts[2], "group")})
             if head == "cmd" and n == 2:
                 return ParsedTopic("cmd", {"dev": check_name(parts[1], "device id")})
+            if head == "reply" and n == 3:
+                return ParsedTopic(
+                    "reply",
+                    {"dev": check_name(parts[1], "device id"),
+                     "request": check_name(parts[2], "request id")},
+                )
             if head == "ledger" and n == 3 and parts[2] == "checkpoint":
                 return ParsedTopic("checkpoint", {"dev": check_name(parts[1], "device id")})
             if head == "mem" and n >= 2:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,54 +11,17 @@ import pytest
 
 from agent.identity import FleetCa, Identity, enroll
 from agent.wire import Envelope, sign_envelope
-from tests.support.agent_process import AgentProcess, short_root
+from tests.support.fleet import Fleet, now_ms, run_cli
 from tests.support.mqtt_cli import Sub, pub
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ("n1", "n2", "n3", "n4", "n5")
-FAST = {"IGRIS_HEALTH_HEARTBEAT_S": "0.5"}
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class Mesh:
-    """A fleet CA, five enrolled roots in group ``lab`` and their agent processes."""
-
-    def __init__(self, broker) -> None:
-        self.broker = broker
-        self.base = short_root()
-        self.ca = FleetCa.init(self.base / "ca", "lab")
-        self.agents: dict[str, AgentProcess] = {}
-        for name in NAMES:
-            enroll(self.base / name, self.ca, name, now_ms=now_ms(), groups=("lab",))
-
-    def start(self, name: str) -> AgentProcess:
-        agent = AgentProcess(self.base / name, "--broker", self.broker.url, env=FAST).start()
-        self.agents[name] = agent
-        return agent
-
-    def others(self, name: str) -> list[AgentProcess]:
-        return [a for n, a in self.agents.items() if n != name and a.proc.poll() is None]
-
-    def wait_all(self, want: dict[str, str], timeout: float = 10.0, skip: tuple = ()) -> None:
-        for name, agent in self.agents.items():
-            if agent.proc.poll() is None and name not in skip:
-                agent.wait_peers({d: s for d, s in want.items() if d != name}, timeout)
-
-    def close(self) -> None:
-        for agent in self.agents.values():
-            agent.close()
 
 
 @pytest.fixture
 def mesh(broker):
-    m = Mesh(broker)
-    for name in NAMES:
-        m.start(name)
-    for agent in m.agents.values():
-        agent.wait_ready()
+    m = Fleet(broker, dict.fromkeys(NAMES, ("lab",)))
+    m.start_all()
     yield m
     m.close()
 
@@ -148,15 +109,9 @@ def test_peer_table_survives_an_agent_restart(mesh):
     restarted.wait_peers({"n2": "dead", "n3": "alive", "n4": "alive", "n5": "alive"})
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], check=False,
-                          capture_output=True, text=True, timeout=30)
-
-
 def test_policy_push_reaches_all_and_late_joiners_rollback_and_wrong_role_refused(mesh, tmp_path):
     mesh.wait_all(all_alive())
-    op_root = mesh.base / "op"
-    enroll(op_root, mesh.ca, "op1", now_ms=now_ms(), role="operator")
+    op_root = mesh.operator()
     assert mesh.agents["n5"].stop() == 0
     doc = json.loads((REPO / "ai_assistant_config" / "policy.json").read_text())
     doc.update(version=2, membership={"suspect_after_s": 0.6, "dead_after_s": 1.2})
@@ -212,8 +167,7 @@ def test_policy_push_reaches_all_and_late_joiners_rollback_and_wrong_role_refuse
 
 def test_blocklist_reaches_every_agent_and_survives_restart(mesh):
     mesh.wait_all(all_alive())
-    op_root = mesh.base / "op"
-    enroll(op_root, mesh.ca, "op1", now_ms=now_ms(), role="operator")
+    op_root = mesh.operator()
     assert mesh.agents["n5"].stop() == 0  # joins late: learns the block from the snapshot
     done = run_cli("block", "add", "n4", "--reason", "stolen", "--root", str(op_root),
                    "--broker", mesh.broker.url)

@@ -163,6 +163,8 @@ async def test_policy_in_force_survives_restart(fleet):
     ({"orchestration": {"max_cpu_percent": True}}, "max_cpu_percent: expected a number"),
     ({"trust": {"ca": [{"key": "AAAA"}]}}, r"trust.ca\[0\].key: expected the base64url"),
     ({"membership": []}, "membership: expected a JSON object"),
+    ({"actions": {"x": {"argv": ["true"], "timeout_s": 601}}}, "at most 600"),
+    ({"actions": {"x": {"argv": "rm -rf /"}}}, "non-empty list of strings"),
 ])
 def test_schema_errors_name_the_key(change, message):
     doc = version(2)

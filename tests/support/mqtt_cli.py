@@ -21,7 +21,8 @@ def _tool(name: str) -> str:
 class Sub:
     """``mosquitto_sub -v`` on ``topic``; lines are collected as (topic, payload)."""
 
-    def __init__(self, port: int, topic: str):
+    def __init__(self, port: int, topic: str, *, probe: bool = False):
+        self.port = port
         self.proc = subprocess.Popen(
             [_tool("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-v",
              "-q", "1"],
@@ -30,6 +31,25 @@ class Sub:
         self.lines: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        if probe:
+            self._wait_subscribed(topic)
+
+    def _wait_subscribed(self, topic_filter: str) -> None:
+        # mosquitto_sub says nothing when its subscription is in place: publish a
+        # probe on a topic the filter matches until it comes back (use only where
+        # no agent listens on that topic).
+        probe = topic_filter.replace("#", "_probe").replace("+", "_probe")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pub(self.port, probe, b"probe")
+            try:
+                while True:
+                    topic, _ = self.lines.get(timeout=0.2)
+                    if topic == probe:
+                        return
+            except queue.Empty:
+                continue
+        raise AssertionError(f"mosquitto_sub on {topic_filter!r} never saw its probe")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

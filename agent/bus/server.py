@@ -1,0 +1,331 @@
+"""The device side of the command bus: receive signed commands, run them once, reply.
+
+Requests arrive on ``cmd/<dev>``, ``cmd/group/<g>`` (each of this device's
+groups) and ``cmd/all``, already verified by the signed channel (unsigned,
+forged, replayed, expired and blocked senders never get here: they are
+dropped, counted and tallied into the ledger at the gate). Here a request is
+checked against the registry (known command, caller's role, arguments,
+deadline), run with its timeout, written to the ledger, and answered on its
+response topic: the MQTT 5 response topic and correlation data when the
+broker carries them, the ``reply_to`` field of the body otherwise.
+
+**Once only.** QoS 1 may deliver a request again (after a reconnect, or a
+restart with a persistent session). Every execution is stored by request id
+with its reply, in the same transaction as its ledger entry; a repeat gets
+the stored reply and runs nothing.
+
+**Refusals are rate-limited per caller**: past a small burst, a caller's
+refused requests get no reply and no ledger entry of their own (they are
+counted, and tallied), so a misbehaving peer cannot make a device write or
+talk without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from agent.bus.registry import CommandCall, CommandRegistry, CommandSpec
+from agent.compat import b64url_encode, canonical_json, random_bytes, sha256
+from agent.db import Database
+from agent.errors import CommandRefused, TopicInvalid
+from agent.identity.channel import SignedChannel
+from agent.transport.base import Message
+from agent.wire import Envelope, Topics
+
+log = logging.getLogger(__name__)
+
+Recorder = Callable[[str, dict[str, Any]], object]
+PLAIN_CALLER = "mqtt"  # who a plain MQTT client is, in the ledger and the rate limit
+MAX_CONCURRENT = 64
+STOP_GRACE_S = 1.0
+KEEP_LOG_MS = 24 * 3600 * 1000
+_PRUNE_EVERY_S = 3600.0
+_DEFAULT_REFUSALS_PER_S = 5.0
+_REFUSAL_BURST = 10.0
+
+
+def result_digest(reply: dict[str, Any]) -> str:
+    """Short hex digest of a reply: what the ledger keeps instead of the whole result."""
+    return sha256(canonical_json(reply)).hex()[:32]
+
+
+class _Bucket:
+    """A token bucket: ``rate`` per second, ``burst`` at most."""
+
+    __slots__ = ("stamp_ms", "tokens")
+
+    def __init__(self, now_ms: int) -> None:
+        self.tokens = _REFUSAL_BURST
+        self.stamp_ms = now_ms
+
+    def take(self, now_ms: int, rate: float) -> bool:
+        self.tokens = min(_REFUSAL_BURST, self.tokens + (now_ms - self.stamp_ms) * rate / 1000)
+        self.stamp_ms = now_ms
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class CommandServer:
+    """Answer commands addressed to this device, its groups or the fleet.
+
+    >>> server = CommandServer(channel, topics, db, registry, record=ledger.append,
+    ...                        policy_section=policy.section, now_ms=clock)  # doctest: +SKIP
+    >>> await server.start()                                                 # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        channel: SignedChannel,
+        topics: Topics,
+        db: Database,
+        registry: CommandRegistry,
+        *,
+        record: Recorder,
+        policy_section: Callable[[str], dict[str, Any]],
+        now_ms: Callable[[], int],
+    ):
+        self.channel = channel
+        self.topics = topics
+        self.db = db
+        self.registry = registry
+        self._record = record
+        self._policy_section = policy_section
+        self._now_ms = now_ms
+        self._me = channel.identity.device_id
+        self._running: dict[str, asyncio.Task[None]] = {}  # by request id
+        self._replies: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT)
+        self._buckets: dict[str, _Bucket] = {}
+        self._pruner: asyncio.Task[None] | None = None
+        self.executed = 0
+        self.duplicates = 0
+        self.refused: Counter[str] = Counter()
+        self.rate_limited = 0
+
+    async def start(self) -> None:
+        self.prune()
+        topics = [self.topics.cmd(self._me), self.topics.cmd_all()]
+        topics += [self.topics.cmd_group(g) for g in self.channel.identity.certificate.groups]
+        for topic in topics:
+            await self.channel.subscribe(topic, self._on_request)
+        self._pruner = asyncio.create_task(self._prune_hourly(), name="igris.bus.prune")
+
+    async def stop(self) -> None:
+        # Commands about to answer (agent.restart's reply among them) get a moment to.
+        inflight = {*self._running.values(), *self._replies}
+        if inflight:
+            await asyncio.wait(inflight, timeout=STOP_GRACE_S)
+        tasks = [*self._running.values(), *self._replies,
+                 *([self._pruner] if self._pruner else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._running.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {"executed": self.executed, "duplicates": self.duplicates,
+                "refused": dict(self.refused), "rate_limited": self.rate_limited,
+                "running": len(self._running)}
+
+    def prune(self) -> int:
+        """Forget executions older than a day (a redelivery that late is not a redelivery)."""
+        with self.db.transaction() as conn:
+            cur = conn.execute("DELETE FROM command_log WHERE done_ms < ?",
+                               (self._now_ms() - KEEP_LOG_MS,))
+        return cur.rowcount
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_request(self, env: Envelope, message: Message) -> None:
+        if env.kind != "cmd":
+            self.refused["not_a_command"] += 1
+            return
+        reply_to = message.response_topic or env.body.get("reply_to")
+        if reply_to is not None and not self._valid_reply_topic(reply_to, env.src):
+            self.refused["bad_reply_topic"] += 1
+            log.warning("request %s from %s names a bad reply topic %r", env.id, env.src,
+                        reply_to)
+            return
+        if env.id in self._running:
+            self.duplicates += 1
+            return
+        row = self.db.conn.execute(
+            "SELECT reply FROM command_log WHERE id = ?", (env.id,)).fetchone()
+        if row is not None:
+            self.duplicates += 1
+            if reply_to:
+                self._spawn_reply(reply_to, message.correlation_data, json.loads(row[0]))
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._execute(env, reply_to, message.correlation_data), name="igris.bus.execute")
+        self._running[env.id] = task
+        task.add_done_callback(lambda _t, rid=env.id: self._running.pop(rid, None))
+
+    def _valid_reply_topic(self, topic: object, caller: str) -> bool:
+        # Replies go only to the caller's own reply inbox: a request cannot make
+        # this device publish on someone else's topic.
+        if not isinstance(topic, str):
+            return False
+        try:
+            parsed = self.topics.parse(topic)
+        except TopicInvalid:
+            return False
+        return parsed.name == "reply" and parsed.params["dev"] == caller
+
+    # ------------------------------------------------------------------ running
+
+    async def _execute(self, env: Envelope, reply_to: str | None,
+                       correlation: bytes | None) -> None:
+        async with self._slots:
+            name = env.body.get("cmd")
+            try:
+                spec, call = self._admit(env)
+            except CommandRefused as exc:
+                self._refuse(env, reply_to, correlation, exc, name)
+                return
+            reply = self._finish(env, call.name, await self._run(spec, call))
+            self.executed += 1
+            if reply_to:
+                await self._send_reply(reply_to, correlation, reply)
+
+    def _admit(self, env: Envelope) -> tuple[CommandSpec, CommandCall]:
+        body = env.body
+        name = body.get("cmd")
+        if not isinstance(name, str):
+            raise CommandRefused("bad_request", "no command name ('cmd')")
+        spec = self.registry.get(name)
+        deadline = body.get("deadline_ms")
+        if type(deadline) is int and deadline < self._now_ms():
+            raise CommandRefused("expired", "the request's deadline has passed")
+        cert = self.channel.trust.certificate(env.src)
+        role = cert.role if cert else "unknown"
+        roles = self._policy_section("commands").get("roles", {}).get(name, spec.roles)
+        if role not in roles:
+            raise CommandRefused(
+                "forbidden", f"{name} needs role {' or '.join(roles)}; {env.src!r} is a {role}")
+        args = spec.check_args(body.get("args", {}))
+        return spec, CommandCall(env.id, name, args, env.src, role)
+
+    async def _run(self, spec: CommandSpec, call: CommandCall) -> dict[str, Any]:
+        try:
+            result = await asyncio.wait_for(spec.handler(call), spec.timeout_s)
+        except CommandRefused as exc:
+            return _error(exc.code, exc.detail)
+        except asyncio.TimeoutError:
+            return _error("timeout", f"{spec.name} did not finish in {spec.timeout_s:g} s")
+        except Exception as exc:
+            log.exception("command %s (%s from %s) failed", spec.name, call.id, call.caller)
+            return _error("failed", f"{type(exc).__name__}: {exc}"[:300])
+        return {"ok": True, "result": result}
+
+    def _finish(self, env: Envelope, name: str, outcome: dict[str, Any]) -> dict[str, Any]:
+        """Store and record one execution (or refusal); returns the reply to send."""
+        full = {"re": env.id, "device": self._me, "cmd": name, **outcome}
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO command_log (id, src, command, ok, reply, done_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (env.id, env.src, name, int(outcome["ok"]), json.dumps(full), self._now_ms()))
+            self._record_execution(env.id, env.src, name, env.body.get("args", {}), outcome)
+        return full
+
+    def _record_execution(self, rid: str, caller: str, name: str, args: Any,
+                          outcome: dict[str, Any]) -> None:
+        # The ledger keeps who ran what and digests of the arguments and the outcome.
+        self._record("command", {
+            "id": rid, "by": caller, "cmd": name, "ok": outcome["ok"],
+            "args": result_digest(args if isinstance(args, dict) else {}),
+            "result": result_digest(outcome),
+            **({"error": outcome["error"]["code"]} if not outcome["ok"] else {}),
+        })
+
+    def _refusal_rate(self) -> float:
+        return float(self._policy_section("commands").get(
+            "refusals_per_s", _DEFAULT_REFUSALS_PER_S))
+
+    def _bucket(self, caller: str) -> _Bucket:
+        bucket = self._buckets.get(caller)
+        if bucket is None:
+            if len(self._buckets) > 4096:
+                self._buckets.clear()  # bounded memory under a flood of sources
+            bucket = self._buckets[caller] = _Bucket(self._now_ms())
+        return bucket
+
+    def _refuse(self, env: Envelope, reply_to: str | None, correlation: bytes | None,
+                exc: CommandRefused, name: object) -> None:
+        self.refused[exc.code] += 1
+        if not self._bucket(env.src).take(self._now_ms(), self._refusal_rate()):
+            self.rate_limited += 1
+            return
+        log.warning("refused %r from %s: %s", name, env.src, exc)
+        reply = self._finish(env, name if isinstance(name, str) else "?",
+                             _error(exc.code, exc.detail))
+        if reply_to:
+            self._spawn_reply(reply_to, correlation, reply)
+
+    async def execute_plain(self, name: str, args: Any) -> dict[str, Any]:
+        """Run a command for a plain MQTT client (``cmnd/<dev>/<command>``); returns the reply.
+
+        No signature, so no caller identity: only read-only commands, plus
+        those the policy's ``commands.plain_mqtt`` list opens. Recorded in the
+        ledger like any execution (``by: "mqtt"``); refusals are rate-limited
+        as one caller.
+        """
+        plain_id = "mqtt-" + b64url_encode(random_bytes(9))
+        try:
+            spec = self.registry.get(name)
+            if spec.mutates and name not in self._policy_section("commands").get(
+                    "plain_mqtt", []):
+                raise CommandRefused(
+                    "forbidden", f"{name} changes the device; plain MQTT clients may run only "
+                    "read-only commands unless the policy lists it in commands.plain_mqtt")
+            call = CommandCall(plain_id, name, spec.check_args(args), PLAIN_CALLER, "plain")
+        except CommandRefused as exc:
+            self.refused[exc.code] += 1
+            outcome = _error(exc.code, exc.detail)
+            if not self._bucket(PLAIN_CALLER).take(self._now_ms(), self._refusal_rate()):
+                self.rate_limited += 1
+                return outcome
+            self._record_execution(plain_id, PLAIN_CALLER, name, {}, outcome)
+            return outcome
+        outcome = await self._run(spec, call)
+        self.executed += 1
+        self._record_execution(plain_id, PLAIN_CALLER, name, call.args, outcome)
+        return outcome
+
+    # ------------------------------------------------------------------ replying
+
+    def _spawn_reply(self, reply_to: str, correlation: bytes | None,
+                     reply: dict[str, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._send_reply(reply_to, correlation, reply), name="igris.bus.reply")
+        self._replies.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._replies.discard)
+
+    async def _send_reply(self, reply_to: str, correlation: bytes | None,
+                          reply: dict[str, Any]) -> None:
+        try:
+            await self.channel.publish(reply_to, "reply", reply, qos=1,
+                                       correlation_data=correlation)
+        except Exception:
+            log.exception("reply to %s not sent", reply_to)
+
+    async def _prune_hourly(self) -> None:
+        while True:
+            await asyncio.sleep(_PRUNE_EVERY_S)
+            try:
+                self.prune()
+            except Exception:
+                log.exception("command log not pruned")
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
