@@ -32,7 +32,7 @@ from agent.errors import TopicInvalid
 from agent.identity.certificate import Certificate
 from agent.identity.channel import SignedChannel
 from agent.mesh.peers import ALIVE, BLOCKED, DEAD, LEFT, SUSPECT, Peer, PeerTable
-from agent.transport.base import Message
+from agent.transport.base import Message, Subscription
 from agent.wire import Envelope, Topics
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class Membership:
         self._heard: dict[str, int] = {}  # device -> ms heard, for timeouts (memory only)
         self._unflushed: dict[str, int] = {}
         self._followed: set[str] = set()
+        self._discovery: list[Subscription] = []
         self._listeners: list[PeerListener] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -130,19 +131,30 @@ class Membership:
         self._heard = {dev: now for dev, p in self._peers.items() if p.state in (ALIVE, SUSPECT)}
         self._online = self.channel.transport.connected
         self.channel.transport.add_connection_listener(self._on_connection)
-        if self.scope == FLEET:
-            await self.channel.subscribe(self.topics.filter("node", "+", "state"), self._on_node)
-            await self.channel.subscribe(self.topics.filter("node", "+", "hb"), self._on_node)
-        else:
+        if self.scope == GROUP:
             for dev in list(self._peers):
                 await self._follow(dev)
-            for group in self._groups:
-                await self.channel.subscribe(
-                    self.topics.filter("group", group, "+"), self._on_member
-                )
+        await self._discover()
         if self._online:  # else the connection listener publishes them on connect
             await self._publish_markers()
         self._ticker = asyncio.create_task(self._tick(), name="igris.membership.tick")
+
+    async def rediscover(self) -> None:
+        """Subscribe again to what finds peers, so the broker resends the retained births
+        and markers; for when the trust anchors change (CA rotation) and messages dropped
+        before may now verify."""
+        for sub in self._discovery:
+            sub.cancel()
+        await self._discover()
+
+    async def _discover(self) -> None:
+        if self.scope == FLEET:
+            filters = [(self.topics.filter("node", "+", "state"), self._on_node),
+                       (self.topics.filter("node", "+", "hb"), self._on_node)]
+        else:
+            filters = [(self.topics.filter("group", g, "+"), self._on_member)
+                       for g in self._groups]
+        self._discovery = [await self.channel.subscribe(f, handler) for f, handler in filters]
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *([self._ticker] if self._ticker else [])]

@@ -279,7 +279,11 @@ class Runtime:
         membership = self.policy.section("membership")
         self.membership.set_timeouts(membership["suspect_after_s"], membership["dead_after_s"])
         # CA rotation: the policy's trust section (or, without one, our ca.pub).
-        self.trust.set_anchors(anchors_from_policy(doc, self.identity.ca_public))
+        anchors = anchors_from_policy(doc, self.identity.ca_public)
+        if set(anchors) != set(self.trust.anchors):
+            self.trust.set_anchors(anchors)
+            if not self.booting:  # started: peers dropped before may verify now
+                self._spawn(self.membership.rediscover(), "igris.membership.rediscover")
 
     def _on_connection(self, connected: bool) -> None:
         if self.config.mqtt.broker:

@@ -198,3 +198,26 @@ def test_blocklist_reaches_every_agent_and_survives_restart(mesh):
                    "--broker", mesh.broker.url)
     assert done.returncode == 0, done.stderr
     mesh.wait_all(all_alive(), timeout=10)
+
+
+def test_ca_rotation_policy_lets_devices_of_the_new_ca_in(mesh, tmp_path):
+    from agent.compat import b64url_encode
+
+    mesh.wait_all(all_alive())
+    new_ca = FleetCa.init(mesh.base / "ca2", "lab")
+    enroll(mesh.base / "n6", new_ca, "n6", now_ms=now_ms(), groups=("lab",))
+    mesh.start("n6").wait_ready()
+    n1 = mesh.agents["n1"]
+    n1.wait_for(lambda s: s["messages"]["dropped"].get("bad_certificate", 0) >= 1,
+                what="n6's certificate refused")
+    assert "n6" not in n1.peers()
+    # The rotation: trust both CAs (the old one with no end yet).
+    doc = json.loads((REPO / "ai_assistant_config" / "policy.json").read_text())
+    doc.update(version=2, trust={"ca": [
+        {"key": b64url_encode(mesh.ca.public_key)}, {"key": b64url_encode(new_ca.public_key)}]})
+    policy_file = tmp_path / "rotate.json"
+    policy_file.write_text(json.dumps(doc))
+    done = run_cli("policy", "push", str(policy_file), "--root", str(mesh.operator()),
+                   "--broker", mesh.broker.url)
+    assert done.returncode == 0, done.stderr
+    mesh.wait_all({"n6": "alive"}, skip=("n6",))
