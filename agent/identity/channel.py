@@ -74,6 +74,7 @@ class SignedChannel:
         # ``on_drop(reason, claimed source)`` for each drop: the runtime tallies
         # them into the ledger (the source is unverified: it is what was claimed).
         self.on_drop: Callable[[str, str], None] | None = None
+        self._checkers: dict[bytes, Callable[[bytes, bytes], bool]] = {}  # by verify key
         trust.learn(identity.certificate)
 
     def seal(self, kind: str, body: dict) -> Envelope:
@@ -140,7 +141,13 @@ class SignedChannel:
                 raise EnvelopeRejected("bad_certificate", str(exc)) from None
             if learned.subject != env.src:
                 raise EnvelopeRejected("bad_certificate", f"certificate is not {env.src!r}'s")
-        verify_envelope(env, _ed25519_check(self.trust.verify_key(env.src)))
+        key = self.trust.verify_key(env.src)
+        check = self._checkers.get(key)
+        if check is None:
+            if len(self._checkers) > 4096:
+                self._checkers.clear()
+            check = self._checkers[key] = _ed25519_check(key)
+        verify_envelope(env, check)
         if not message.retain and env.kind != "death":
             now = self._now_ms()
             check_skew(env, now, self.skew_ms)
