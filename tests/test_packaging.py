@@ -1,4 +1,4 @@
-"""The built wheel works outside the repository: profiles and policy ship inside it."""
+"""The built wheel works outside the repository: profiles, policy and models ship inside it."""
 
 import json
 import os
@@ -20,6 +20,8 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "agent/profiles/pi-zero-2w.toml" in names
     assert "agent/policy_default/policy.json" in names
+    assert {"agent/models/models.json", "agent/models/holdout.json",
+            "agent/models/digits-mlp.tflite", "agent/models/digits-cnn.tflite"} <= set(names)
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
 
     site = tmp_path / "site"
@@ -31,9 +33,10 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path):
     # Run from an empty directory with only the installed copy ahead on the path.
     env = {**os.environ, "PYTHONPATH": str(site)}
     code = (
-        "import json, agent, agent.device as d\n"
+        "import json, agent, agent.device as d, agent.ai.models as m\n"
         "from importlib.resources import files\n"
         "print(json.dumps({'file': agent.__file__, 'profiles': d.available_profiles(),\n"
+        " 'models': {n: str(i.file) for n, i in m.model_catalog().items()},\n"
         " 'policy': json.loads(files('agent.policy_default').joinpath('policy.json')"
         ".read_text())['version']}))\n"
     )
@@ -44,6 +47,8 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path):
     assert {"generic-linux", "rpi4", "rpi5", "pi-zero-2w", "jetson-orin-nano"} <= set(
         found["profiles"])
     assert found["policy"] == 1
+    assert sorted(found["models"]) == ["digits-cnn", "digits-mlp"]
+    assert all(path.startswith(str(site)) for path in found["models"].values())
     version = subprocess.run([sys.executable, "-m", "agent", "version", "--json"], check=True,
                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert json.loads(version.stdout)["igris"]

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from agent import __version__
 from agent.cli import (
+    ai_cmd,
+    bench_cmd,
     block_cmd,
     cmd_cmd,
     identity_cmd,
@@ -28,7 +30,7 @@ from agent.errors import IgrisError
 
 COMMANDS = (
     run_cmd, status_cmd, peers_cmd, cmd_cmd, policy_cmd, ledger_cmd, block_cmd, identity_cmd,
-    led_cmd, version_cmd,
+    led_cmd, ai_cmd, bench_cmd, version_cmd,
 )
 
 

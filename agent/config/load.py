@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.config.schema import Config, build_config, section_keys
+from agent.config.schema import DEFAULT_API_KEY_ENV, Config, build_config, section_keys
 from agent.errors import ConfigInvalid
 
 if sys.version_info >= (3, 11):
@@ -18,8 +18,9 @@ else:  # Jetson's Ubuntu 22.04 ships Python 3.10
 
 CONFIG_NAME = "agent.toml"
 ENV_PREFIX = "IGRIS_"
-# Environment variables that are not settings (read elsewhere, by design).
-_NOT_SETTINGS = {"IGRIS_ROOT", "IGRIS_CONFIG", "IGRIS_TEST_CACHE"}
+# Environment variables that are not settings (read elsewhere, by design; the API key
+# by agent.ai.remote.load_api_key).
+_NOT_SETTINGS = {"IGRIS_ROOT", "IGRIS_CONFIG", "IGRIS_TEST_CACHE", DEFAULT_API_KEY_ENV}
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -7,12 +7,15 @@ found (with a "did you mean" for typos).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
 from agent.errors import ConfigInvalid, TopicInvalid
 from agent.wire import check_name
+
+DEFAULT_API_KEY_ENV = "IGRIS_AI_API_KEY"
 
 
 def _positive(v: float) -> str | None:
@@ -33,6 +36,33 @@ def _broker_url(v: str) -> str | None:
     if v == "" or v.startswith(("mqtt://", "mqtts://")):
         return None
     return "'' (no broker: run alone) or a URL like mqtt://host:1883 or mqtts://host:8883"
+
+
+def _http_url_or_empty(v: str) -> str | None:
+    if v == "" or v.startswith(("http://", "https://")):
+        return None
+    return "'' (no remote: nothing leaves the device) or a URL like https://api.openai.com"
+
+
+def _names(v: str) -> str | None:
+    names = [n.strip() for n in v.split(",")]
+    if all(n and _name_or_empty(n) is None for n in names):
+        return None
+    return "comma-separated names of letters, digits, '.', '_' or '-'"
+
+
+def _share(v: float) -> str | None:
+    return None if 0 <= v <= 1 else "a number from 0 to 1 (0: not measured)"
+
+
+def _api_key_env(v: str) -> str | None:
+    # IGRIS_* names are settings (IGRIS_<SECTION>_<KEY>); load.py lets only the default through.
+    if v in ("", DEFAULT_API_KEY_ENV) or (
+        re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) and not v.startswith("IGRIS_")
+    ):
+        return None
+    return (f"'' or an environment variable name outside IGRIS_* (which are settings), "
+            f"such as {DEFAULT_API_KEY_ENV!r} or 'OPENAI_API_KEY'")
 
 
 def _one_of(*choices: str) -> Callable[[str], str | None]:
@@ -83,6 +113,23 @@ class LimitSettings:
     clock_skew_s: float = 300.0
 
 
+@dataclass(frozen=True, slots=True)
+class AiSettings:
+    # Shipped models this device runs itself ("" = the catalog's device models);
+    # add "digits-cnn" on a board that serves peers (and enroll it --cap model:digits-cnn).
+    local_models: str = ""
+    metered_link: bool = False  # a paid or capped uplink (LTE): no remote when policy says so
+    remote_url: str = ""  # "" = no remote backend: no AI request leaves the device
+    remote_kind: str = "chat"
+    remote_model: str = ""  # the API's model name, e.g. "gpt-4o-mini" (chat only)
+    remote_serves: str = "text"  # comma-separated request models (tasks) sent there
+    remote_timeout_s: float = 10.0
+    remote_accuracy: float = 0.0  # 0 = not measured
+    remote_ca_file: str = ""
+    api_key_file: str = ""
+    api_key_env: str = DEFAULT_API_KEY_ENV
+
+
 _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("agent", "device_id"): _name_or_empty,
     ("agent", "fleet"): _name_or_empty,
@@ -96,6 +143,13 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("mesh", "scope"): _one_of("auto", "group", "fleet"),
     ("limits", "max_message_bytes"): _positive,
     ("limits", "clock_skew_s"): _positive,
+    ("ai", "local_models"): lambda v: None if v == "" else _names(v),
+    ("ai", "remote_url"): _http_url_or_empty,
+    ("ai", "remote_kind"): _one_of("chat", "tensor"),
+    ("ai", "remote_serves"): _names,
+    ("ai", "remote_timeout_s"): _positive,
+    ("ai", "remote_accuracy"): _share,
+    ("ai", "api_key_env"): _api_key_env,
 }
 
 
@@ -108,6 +162,7 @@ class Config:
     health: HealthSettings = HealthSettings()
     mesh: MeshSettings = MeshSettings()
     limits: LimitSettings = LimitSettings()
+    ai: AiSettings = AiSettings()
 
     def to_dict(self, *, mask_secrets: bool = True) -> dict[str, dict[str, Any]]:
         """Plain dict of every setting (what ``config.get`` and docs show)."""
@@ -117,6 +172,8 @@ class Config:
             out[section.name] = {f.name: getattr(values, f.name) for f in fields(values)}
         if mask_secrets and out["mqtt"]["key_file"]:
             out["mqtt"]["key_file"] = "***"
+        if mask_secrets and out["ai"]["api_key_file"]:
+            out["ai"]["api_key_file"] = "***"
         return out
 
 
@@ -126,6 +183,7 @@ _SECTION_TYPES = {
     "health": HealthSettings,
     "mesh": MeshSettings,
     "limits": LimitSettings,
+    "ai": AiSettings,
 }
 
 

@@ -116,6 +116,24 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX command_log_done ON command_log (done_ms);
         """,
     ),
+    (
+        7,
+        """
+        -- AI backend figures measured on this device (agent/ai/bench.py, `igris bench`):
+        -- the newest per backend and model, which the router weighs backends by.
+        CREATE TABLE ai_bench (
+            backend          TEXT NOT NULL,
+            model            TEXT NOT NULL,
+            p50_ms           REAL NOT NULL,
+            p95_ms           REAL NOT NULL,
+            accuracy         REAL NOT NULL,
+            mj_per_inference REAL NOT NULL,
+            samples          INTEGER NOT NULL,
+            measured_ms      INTEGER NOT NULL,
+            PRIMARY KEY (backend, model)
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

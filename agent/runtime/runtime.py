@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.ai.backend import InferRequest
+from agent.ai.bench import load_bench
+from agent.ai.models import model_catalog
+from agent.ai.peer import served_models
+from agent.ai.service import AiService, device_state, remote_from_settings
 from agent.bus import Bus, CommandRegistry, CommandServer
 from agent.bus.builtins import BuiltinContext, builtin_commands
 from agent.bus.plain import PlainCommands
@@ -149,6 +154,8 @@ class Runtime:
         self.control = ControlServer(socket_path, {
             "status": self._rpc_status,
             "peers": self._rpc_peers,
+            "ai.explain": self._rpc_ai_explain,
+            "ai.infer": self._rpc_ai_infer,
             "policy.get": self._rpc_policy,
             "led.test": self._rpc_led_test,
         })
@@ -222,6 +229,7 @@ class Runtime:
             await self.control.stop()
             self.led.close()
             self.outputs.close()
+            self.ai.close()
             self.monitor.close()
             self.db.close()
             self.stopped.set()
@@ -242,6 +250,25 @@ class Runtime:
                                    device_id=self.identity.device_id)
         self.bus = Bus(self.channel, self.topics, membership=self.membership,
                        serves_commands=True)
+        self.ai = self._build_ai()
+        self.registry.add(self.ai.command())
+
+    def _build_ai(self) -> AiService:
+        settings = self.config.ai
+        catalog = model_catalog()
+        local = [n.strip() for n in settings.local_models.split(",") if n.strip()] or [
+            name for name, info in catalog.items() if info.role == "device"]
+        # A device that offers a model to its peers must be able to run it.
+        local += [m for m in served_models(self.identity.certificate.caps)
+                  if m in catalog and m not in local]
+        ai = AiService(
+            catalog=catalog, local_models=local, remote=remote_from_settings(settings),
+            bus=self.bus, policy_section=self.policy.section,
+            state=lambda: device_state(self._health_summary(), metered=settings.metered_link),
+            bench=load_bench(self.db), me=self.identity.device_id,
+        )
+        self.membership.add_listener(lambda _peer: ai.update_peers(self.membership.peers()))
+        return ai
 
     def _builtin_context(self) -> BuiltinContext:
         async def sample_health() -> dict[str, Any]:
@@ -378,6 +405,7 @@ class Runtime:
             "policy_version": self.policy.version,
             "blocklist": self.blocklist.counters(),
             "commands": {**self.commands.stats(), "plain_answered": self.plain.answered},
+            "ai": self.ai.stats(),
             "ledger": {"size": len(self.ledger), "verified": self.ledger_check,
                        "checkpoint_flags": self.checkpoints.flags()},
             "heartbeats_sent": self.presence.heartbeats_sent,
@@ -400,6 +428,12 @@ class Runtime:
     async def _rpc_peers(self, _params: dict[str, Any]) -> dict[str, Any]:
         return self._peers_view()
 
+    async def _rpc_ai_explain(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self.ai.explain(_infer_request(params)).to_dict()
+
+    async def _rpc_ai_infer(self, params: dict[str, Any]) -> dict[str, Any]:
+        return await self.ai.infer(_infer_request(params))
+
     async def _rpc_policy(self, _params: dict[str, Any]) -> dict[str, Any]:
         return self.policy.show()
 
@@ -408,3 +442,12 @@ class Runtime:
         shown = [state.value async for state in self.led.cycle(dwell)]
         self._refresh_led()
         return shown
+
+
+def _infer_request(params: dict[str, Any]) -> InferRequest:
+    """An :class:`InferRequest` from control-socket parameters (checked by the CLI)."""
+    return InferRequest(
+        str(params["model"]), inputs=params.get("inputs"), text=params.get("text"),
+        deadline_ms=params.get("deadline_ms"), min_accuracy=params.get("min_accuracy"),
+        private=bool(params.get("private", False)),
+    )

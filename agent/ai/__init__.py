@@ -1,0 +1,1 @@
+"""The AI core: backends (local TFLite, mesh peers, remote HTTP), the router, the bench."""
