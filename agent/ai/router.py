@@ -128,6 +128,7 @@ class Router:
         policy_section: Callable[[str], dict[str, Any]],
         state: Callable[[], DeviceState],
         energy_mj: Callable[[str, str], float | None] = lambda _b, _m: None,
+        prior_ms: Callable[[str, str], float | None] = lambda _b, _m: None,
         explore: float = 0.05,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -136,6 +137,7 @@ class Router:
         self._policy_section = policy_section
         self._state = state
         self._energy_mj = energy_mj
+        self._prior_ms = prior_ms
         self.explore = explore
         self._rng = rng or random.Random()
         self._clock = clock
@@ -302,9 +304,7 @@ class Router:
         key = (backend.name, model)
         est = self._estimates.get(key)
         if est is None:
-            # A backend that was benched (local models) says its measured median.
-            seeded = getattr(backend, "latency_ms", None)
-            prior = seeded(model) if callable(seeded) else None
+            prior = self._prior_ms(backend.name, model)  # the bench's median, when measured
             est = self._estimates[key] = Estimate(
                 prior if prior is not None else _PRIOR_LATENCY_MS.get(backend.kind, 100.0))
         return est

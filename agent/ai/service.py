@@ -99,16 +99,20 @@ class AiService:
         self._peers: list[PeerBackend] = []
         self._all: list[Backend] = [*self.local, *([remote] if remote else [])]
         self.router = Router(lambda: self._all, policy_section=policy_section, state=state,
-                             energy_mj=self._energy(bench))
+                             energy_mj=self._figure(bench, "mj_per_inference"),
+                             prior_ms=self._figure(bench, "p50_ms"))
         self.local_router = Router(lambda: self.local, policy_section=policy_section,
                                    state=DeviceState, explore=0.0)
 
-    def _energy(self, bench: dict[tuple[str, str], Any]) -> Callable[[str, str], float | None]:
-        def energy(backend: str, model: str) -> float | None:
-            figure = bench.get((backend, model))
-            return getattr(figure, "mj_per_inference", None)
+    @staticmethod
+    def _figure(bench: dict[tuple[str, str], Any],
+                name: str) -> Callable[[str, str], float | None]:
+        """One of the bench's figures for (backend, model), or None when not measured."""
 
-        return energy
+        def figure(backend: str, model: str) -> float | None:
+            return getattr(bench.get((backend, model)), name, None)
+
+        return figure
 
     def backends(self) -> list[Backend]:
         return list(self._all)

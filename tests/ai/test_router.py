@@ -235,3 +235,23 @@ async def test_no_backend_names_every_reason(parts):
         await r.infer(InferRequest("digits-mlp", inputs=SAMPLE))
     with pytest.raises(InferenceError, match="does not serve text"):
         await r.infer(InferRequest("text", text="hello"))
+
+
+async def test_bench_figures_seed_latency_energy_and_accuracy():
+    from agent.ai.bench import BenchFigure
+
+    figure = BenchFigure("local:digits-mlp", "digits-mlp", p50_ms=0.006, p95_ms=0.007,
+                         accuracy=0.9611, mj_per_inference=0.04, samples=360, measured_ms=NOW)
+    service = AiService(catalog=CATALOG, local_models=["digits-mlp"], remote=None, bus=None,
+                        policy_section=policy_section, state=DeviceState,
+                        bench={("local:digits-mlp", "digits-mlp"): figure})
+    try:
+        local = service.local[0]
+        assert local.accuracy("digits-mlp") == 0.9611  # the bench wins over the catalog
+        estimates = service.router.stats()["estimates"]
+        assert estimates == {}
+        service.router.decide(InferRequest("digits-mlp", inputs=SAMPLE))
+        assert service.router.stats()["estimates"]["local:digits-mlp/digits-mlp"][
+            "latency_ms"] == 0.006
+    finally:
+        service.close()
