@@ -193,7 +193,11 @@ class Router:
         blocked: dict[str, str] = {}
         private = request.private or policy.get("tasks", {}).get(request.model, {}).get(
             "private", False)
-        if private:
+        if policy.get("local_only"):
+            why = "policy: local only"
+            blocked[PEER] = blocked[REMOTE] = why
+            reasons.append(why)
+        elif private:
             why = "private: stays on this device"
             blocked[PEER] = blocked[REMOTE] = why
             reasons.append(why)

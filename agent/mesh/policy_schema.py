@@ -57,6 +57,13 @@ def _trust(v: Any) -> str | None:
     return None
 
 
+def _task_flags(v: Any) -> str | None:
+    ok = isinstance(v, dict) and all(
+        isinstance(flags, dict) and set(flags) <= {"private"}
+        and all(isinstance(x, bool) for x in flags.values()) for flags in v.values())
+    return None if ok else 'an object like {"digits-cnn": {"private": true}}'
+
+
 def _name_list(v: Any) -> str | None:
     ok = isinstance(v, list) and all(isinstance(x, str) and x for x in v)
     return None if ok else "a list of command names"
@@ -98,6 +105,8 @@ SCHEMA: dict[str, Any] = {
         "dead_after_s": _number(above=0),
     },
     "router": {
+        "local_only": _boolean,  # nothing leaves any device: no peer, no remote
+        "tasks": _task_flags,
         "constraints": {
             "no_remote_below_battery_percent": _number(0, 100),
             "no_remote_on_metered_link": _boolean,

@@ -255,3 +255,19 @@ async def test_bench_figures_seed_latency_energy_and_accuracy():
             "latency_ms"] == 0.006
     finally:
         service.close()
+
+
+async def test_policy_local_only_and_private_tasks_keep_requests_on_the_device(parts):
+    from agent.mesh.policy_schema import validate_policy
+
+    _, local, peer, remote, _ = await parts()
+    req = InferRequest("digits-mlp", inputs=SAMPLE)
+    for extra, why in (({"local_only": True}, "policy: local only"),
+                       ({"tasks": {"digits-mlp": {"private": True}}},
+                        "private: stays on this device")):
+        doc = validate_policy({**POLICY, "router": {**POLICY["router"], **extra}})
+        r = Router(lambda: [local, peer, remote], policy_section=lambda n, d=doc: d.get(n, {}),
+                   state=DeviceState, explore=0.0)
+        decision = r.decide(req)
+        assert decision.choice == "local:digits-mlp"
+        assert decision.excluded == {"peer:jetson": why, "remote:tensor": why}
