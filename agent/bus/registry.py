@@ -8,12 +8,12 @@ sees arguments of the declared types.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import CommandRefused
+from agent.suggest import close_match
 
 ROLES_ANY = ("device", "operator", "scheduler")
 ROLES_MUTATE = ("operator", "scheduler")
@@ -78,8 +78,8 @@ class CommandSpec:
             raise CommandRefused("bad_args", f"arguments must be an object, got {args!r:.40}")
         unknown = sorted(set(args) - set(self.args))
         if unknown:
-            close = difflib.get_close_matches(unknown[0], list(self.args), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else (
+            close = close_match(unknown[0], self.args)
+            hint = f"; did you mean {close!r}?" if close else (
                 f"; {self.name} takes " + (", ".join(sorted(self.args)) or "no arguments"))
             raise CommandRefused("bad_args", f"unknown argument {unknown[0]!r}{hint}")
         out: dict[str, Any] = {}
@@ -126,8 +126,8 @@ class CommandRegistry:
     def get(self, name: str) -> CommandSpec:
         spec = self._specs.get(name)
         if spec is None:
-            close = difflib.get_close_matches(name, list(self._specs), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = close_match(name, self._specs)
+            hint = f"; did you mean {close!r}?" if close else ""
             raise CommandRefused("unknown_command", f"no command {name!r}{hint}")
         return spec
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from agent.errors import ConfigInvalid, TopicInvalid
+from agent.suggest import close_match
 from agent.wire import check_name
 
 DEFAULT_API_KEY_ENV = "IGRIS_AI_API_KEY"
@@ -226,10 +227,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 
 
 def _unknown(kind: str, name: str, known: list[str], where: str) -> ConfigInvalid:
-    import difflib
-
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
+    close = close_match(name, known)
+    hint = f"; did you mean {close!r}?" if close else f"; known: {', '.join(sorted(known))}"
     return ConfigInvalid(f"{where}: unknown {kind} {name!r}{hint}")
 
 

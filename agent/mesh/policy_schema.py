@@ -9,7 +9,6 @@ device that does not know a setting cannot honour it.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 
 from agent.errors import PolicyRejected
 from agent.security_mesh import anchors_from_policy
+from agent.suggest import close_match
 
 Check = Callable[[Any], str | None]
 ACTION_MAX_S = 600.0  # the longest a policy action may run (action.run)
@@ -144,8 +144,8 @@ def _walk(schema: dict[str, Any], doc: Any, path: str) -> None:
     for key, value in doc.items():
         where = f"{path}.{key}" if path else key
         if key not in schema:
-            close = difflib.get_close_matches(key, list(schema), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else (
+            close = close_match(key, schema)
+            hint = f"; did you mean {close!r}?" if close else (
                 "; known: " + ", ".join(sorted(schema)))
             raise PolicyRejected(f"{where}: unknown key{hint}")
         rule = schema[key]
