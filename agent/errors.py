@@ -96,6 +96,37 @@ class LedgerError(StorageError):
     """The ledger cannot be read or does not verify."""
 
 
+class MemoryStoreError(StorageError):
+    """Base for problems with the memory store: pools, documents and pool keys."""
+
+
+class PoolNotFound(MemoryStoreError, _LookupError):
+    """No memory pool of that name on this device."""
+
+
+class DocumentNotFound(MemoryStoreError, _LookupError):
+    """No live document under that key: never put, deleted, or expired."""
+
+
+class DocumentInvalid(MemoryStoreError, _ValueError):
+    """A document key or value cannot be stored (not JSON, too large, bad key)."""
+
+
+class MemoryTampered(MemoryStoreError):
+    """A stored document or pool key fails its check; never returned, only reported.
+
+    ``pool`` and ``key`` name the document; ``key`` is None when the pool's
+    keyring entry is the one that fails.
+    """
+
+    def __init__(self, pool, key, reason):
+        self.pool = pool
+        self.key = key
+        self.reason = reason
+        where = "pool " + repr(pool) + (" key " + repr(key) if key is not None else " keyring")
+        super().__init__(where + " was tampered with: " + reason)
+
+
 class PolicyRejected(IgrisError, _ValueError):
     """A policy document was refused (schema, signer role or version); says why."""
 

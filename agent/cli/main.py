@@ -20,6 +20,7 @@ from agent.cli import (
     identity_cmd,
     led_cmd,
     ledger_cmd,
+    mem_cmd,
     peers_cmd,
     policy_cmd,
     run_cmd,
@@ -29,8 +30,8 @@ from agent.cli import (
 from agent.errors import IgrisError
 
 COMMANDS = (
-    run_cmd, status_cmd, peers_cmd, cmd_cmd, policy_cmd, ledger_cmd, block_cmd, identity_cmd,
-    led_cmd, ai_cmd, bench_cmd, version_cmd,
+    run_cmd, status_cmd, peers_cmd, cmd_cmd, policy_cmd, ledger_cmd, block_cmd, mem_cmd,
+    identity_cmd, led_cmd, ai_cmd, bench_cmd, version_cmd,
 )
 
 

@@ -134,6 +134,43 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        8,
+        """
+        -- Memory pools on this device (agent/memory/store.py), made by their first put.
+        CREATE TABLE pools (
+            pool          TEXT PRIMARY KEY,
+            default_ttl_s INTEGER,                     -- NULL: no expiry unless put with one
+            created_ms    INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        -- Every version of each pool's SecretBox key (agent/memory/keys.py), sealed to
+        -- this device's box key. The newest version seals new writes.
+        CREATE TABLE pool_keys (
+            pool       TEXT NOT NULL,
+            key_id     TEXT NOT NULL,
+            version    INTEGER NOT NULL,
+            sealed     BLOB NOT NULL,
+            created_ms INTEGER NOT NULL,
+            PRIMARY KEY (pool, key_id)
+        ) WITHOUT ROWID;
+        -- Encrypted JSON documents, one row per (pool, key), deleted = 1 for a tombstone.
+        -- The columns repeat what the sealed blob holds, so rows can be filtered without
+        -- opening them, and a row whose columns disagree with its blob is tampered.
+        CREATE TABLE documents (
+            pool       TEXT NOT NULL,
+            key        TEXT NOT NULL,
+            version    INTEGER NOT NULL,
+            ts_ms      INTEGER NOT NULL,
+            ts_counter INTEGER NOT NULL,
+            expires_ms INTEGER,
+            deleted    INTEGER NOT NULL,
+            key_id     TEXT NOT NULL,
+            blob       BLOB NOT NULL,
+            PRIMARY KEY (pool, key)
+        );
+        CREATE INDEX documents_expiry ON documents (expires_ms) WHERE expires_ms IS NOT NULL;
+        """,
+    ),
 )
 
 

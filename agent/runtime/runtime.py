@@ -32,6 +32,7 @@ from agent.device.gpio_outputs import GpioOutputs
 from agent.device.pins import make_pin_factory
 from agent.errors import ConfigInvalid
 from agent.identity import SignedChannel, TrustStore
+from agent.memory import MemoryStore, PoolKeys
 from agent.mesh import Membership, PolicySync, Presence, resolve_scope
 from agent.runtime.bootstrap import load_or_enroll_dev
 from agent.runtime.sdnotify import SystemdNotifier
@@ -125,6 +126,10 @@ class Runtime:
             pin_factory=pin_factory,
         )
         self.auth_failures = AuthFailureTally(self.ledger)
+        self.memory = MemoryStore(
+            self.db, PoolKeys(self.db, self.identity.box_key, now_ms=now_ms), self.hlc,
+            now_ms=now_ms,
+        )
         self.channel.on_drop = self.auth_failures.add
         self.ledger_check: dict[str, Any] = {"state": "pending"}
         # Loaded now, so stored blocks are enforced before the first message.
@@ -337,14 +342,16 @@ class Runtime:
             self._refresh_led()
 
     async def _audit(self) -> None:
-        # Authentication failures go into the ledger as one tally per period,
-        # so a flood of bad messages costs one entry a minute, not one each.
+        # Once a minute: authentication failures go into the ledger as one tally
+        # (a flood of bad messages costs one entry, not one each), and expired
+        # memory documents are swept.
         while True:
             await asyncio.sleep(AUDIT_PERIOD_S)
             try:
                 self.auth_failures.flush()
+                self.memory.sweep()  # expired documents go
             except Exception:
-                log.exception("could not write the authentication failure tally")
+                log.exception("periodic audit and memory sweep failed")
 
     async def _verify_ledger(self) -> None:
         # A full check at start, off the loop (it is CPU work on its own connection).
@@ -406,6 +413,7 @@ class Runtime:
             "blocklist": self.blocklist.counters(),
             "commands": {**self.commands.stats(), "plain_answered": self.plain.answered},
             "ai": self.ai.stats(),
+            "memory": {"pools": len(self.memory.pools())},
             "ledger": {"size": len(self.ledger), "verified": self.ledger_check,
                        "checkpoint_flags": self.checkpoints.flags()},
             "heartbeats_sent": self.presence.heartbeats_sent,
