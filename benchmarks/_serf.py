@@ -178,9 +178,11 @@ class SerfNode:
 class SerfCluster:
     """Serf agents on loopback, all owned by a :class:`Janitor` (stopped on exit and Ctrl-C)."""
 
-    def __init__(self, janitor: Janitor, *, profile: str = "lan", exe: str | None = None):
+    def __init__(self, janitor: Janitor, *, profile: str = "lan", exe: str | None = None,
+                 agent_args: tuple[str, ...] = ()):
         self.janitor = janitor
         self.profile = profile
+        self.agent_args = agent_args  # more ``serf agent`` flags, e.g. an -event-handler
         self.exe = exe or find_serf()
         self.ports = PortPool()
         self.log = MemberLog()
@@ -195,7 +197,8 @@ class SerfCluster:
         """
         bind, rpc = self.ports.take(), self.ports.take()
         args = [self.exe, "agent", f"-node={name}", f"-bind=127.0.0.1:{bind}",
-                f"-rpc-addr=127.0.0.1:{rpc}", f"-profile={self.profile}", "-log-level=info"]
+                f"-rpc-addr=127.0.0.1:{rpc}", f"-profile={self.profile}", "-log-level=info",
+                *self.agent_args]
         if join is not None:
             args.append(f"-join=127.0.0.1:{join.bind_port}")
         t0 = time.time()

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -170,9 +171,7 @@ async def _helper(spec: dict[str, Any]) -> None:
                 return
             if peer.state == "alive":
                 waiting.discard(peer.device_id)
-                if not any(missing.values()) and not formed.is_set():
-                    formed_at[0] = t
-                    formed.set()
+                _note_formed(missing, formed, formed_at, t)
             else:
                 waiting.add(peer.device_id)
 
@@ -182,21 +181,49 @@ async def _helper(spec: dict[str, Any]) -> None:
         rt.membership.add_listener(listener(rt.identity.device_id))
     try:
         await asyncio.gather(*(rt.start() for rt in runtimes))
+        _note_formed(missing, formed, formed_at, time.time())  # a mesh of one sees nobody
         waits = [asyncio.create_task(formed.wait()), asyncio.create_task(stop.wait())]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in waits:
             task.cancel()
-        if formed.is_set():
-            _emit({"ready": formed_at[0],
-                   "blocklist": all(hasattr(rt, "blocklist") for rt in runtimes)})
-        watchers: set[asyncio.Task[None]] = set()
-        serve = asyncio.create_task(_serve_commands(runtimes, commands, watchers))
-        await stop.wait()
-        serve.cancel()
-        for task in watchers:
-            task.cancel()
+        # A cProfile when asked (``profile``: a directory), from the formed mesh to the end.
+        with _profiled(spec.get("profile") if formed.is_set() else None):
+            if formed.is_set():
+                _emit({"ready": formed_at[0],
+                       "blocklist": all(hasattr(rt, "blocklist") for rt in runtimes)})
+            watchers: set[asyncio.Task[None]] = set()
+            serve = asyncio.create_task(_serve_commands(runtimes, commands, watchers))
+            await stop.wait()
+            serve.cancel()
+            for task in watchers:
+                task.cancel()
     finally:
         await asyncio.gather(*(rt.stop() for rt in runtimes), return_exceptions=True)
+
+
+def _note_formed(missing: dict[str, set[str]], formed: asyncio.Event, formed_at: list[float],
+                 t: float) -> None:
+    """Mark the mesh formed at ``t`` once no local runtime waits for any peer."""
+    if not any(missing.values()) and not formed.is_set():
+        formed_at[0] = t
+        formed.set()
+
+
+@contextlib.contextmanager
+def _profiled(directory: str | None) -> Iterator[None]:
+    """Profile this process while inside (cProfile) into ``directory/helper-PID.prof``."""
+    if not directory:
+        yield
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        profiler.dump_stats(str(Path(directory) / f"helper-{os.getpid()}.prof"))
 
 
 async def _serve_commands(runtimes: list[Any], commands: asyncio.Queue[dict[str, Any]],
@@ -336,14 +363,19 @@ class WillWatcher:
 class IgrisMesh:
     """N runtimes in helper processes on one broker, and the agents that join them."""
 
-    def __init__(self, jan: Janitor, *, nodes: int, procs: int, keepalive: int):
+    def __init__(self, jan: Janitor, *, nodes: int, procs: int, keepalive: int,
+                 broker_config: str = "", helper_spec: dict[str, Any] | None = None):
+        """``broker_config``: extra mosquitto.conf lines; ``helper_spec``: extra keys for the
+        helpers' spec (``profile``: a directory for a cProfile of each helper)."""
         from tests.support.broker import MosquittoBroker
 
         self.jan, self.nodes, self.keepalive = jan, nodes, keepalive
+        self.helper_spec = dict(helper_spec or {})
         self.tmp = jan.tempdir("igmb")
         # No persistence: the default Mosquitto config has none, and saving on
         # every retained change would slow the broker this measures.
-        self.broker = jan.enter_context(MosquittoBroker(self.tmp / "broker", persist=False))
+        self.broker = jan.enter_context(MosquittoBroker(self.tmp / "broker", persist=False,
+                                                        extra_config=broker_config))
         self.ca = make_ca(self.tmp / "ca", FLEET)
         self.events = MemberLog()
         self.observers = [f"m{i:02d}" for i in range(nodes)]
@@ -389,7 +421,8 @@ class IgrisMesh:
         t0 = time.time()
         for i in range(self.procs):
             spec = {"broker": self.broker.url, "keepalive": self.keepalive,
-                    "roots": roots[i::self.procs], "expect": self.observers}
+                    "roots": roots[i::self.procs], "expect": self.observers,
+                    **self.helper_spec}
             self.helpers.append(Helper(self.jan, i, spec, self.tmp / f"helper{i}.log",
                                        self.events))
         deadline = time.monotonic() + timeout

@@ -37,6 +37,9 @@ def bench_args(name: str, args: argparse.Namespace) -> list[str]:
         return ["--runs", str(args.runs)]
     if name == "bench_membership":
         return ["--runs", "1"]  # one join+kill and one join+stop each for Igris and Serf, ~1 min
+    if name == "bench_bus":  # fan-out to 50 (Igris, raw paho, Serf) and the rate, ~1 min
+        return ["--sizes", "50", "--rounds", "10", "--serf-sizes", "50", "--serf-rounds", "5",
+                "--reps", "1", "--seconds", "2"]
     return []
 
 
