@@ -15,17 +15,11 @@ from agent.mesh import Membership, Presence, resolve_scope
 from agent.security_mesh import Ledger
 from agent.transport import InprocBroker, InprocTransport
 from agent.wire import HybridClock, Topics, parse_envelope
+from tests.support.clock import Clock
 
 NOW = 1_800_000_000_000
 TOPICS = Topics("lab")
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.ms = NOW
-
-    def __call__(self) -> int:
-        return self.ms
 
 
 def make_registry(calls: list[str]) -> CommandRegistry:
@@ -108,7 +102,7 @@ async def settle() -> None:
 def fleet(tmp_path, async_cleanup):
     ca = FleetCa.init(tmp_path / "ca", "lab")
     hub = InprocBroker()
-    clock = Clock()
+    clock = Clock(NOW)
     nodes: list[Node] = []
 
     async def make(dev, **kw) -> Node:

@@ -8,16 +8,10 @@ from agent.identity import FleetCa, Identity, SignedChannel, TrustStore, enroll
 from agent.transport import InprocBroker, InprocTransport
 from agent.transport.base import Message
 from agent.wire import Envelope, HybridClock, sign_envelope
+from tests.support.clock import Clock
 
 NOW = 1_800_000_000_000
 
-
-class Clock:
-    def __init__(self, ms):
-        self.ms = ms
-
-    def __call__(self):
-        return self.ms
 
 
 @pytest.fixture

@@ -29,19 +29,11 @@ from agent.errors import (
 from agent.identity import FleetCa, Identity, enroll
 from agent.memory import MAX_VALUE_BYTES, MemoryStore, PoolKeys
 from agent.wire import HybridClock
+from tests.support.clock import Clock
 
 NOW = 1_800_000_000_000
 REPO = Path(__file__).resolve().parents[2]
 
-
-class Clock:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self, ms):
-        self.ms = ms
-
-    def __call__(self):
-        return self.ms
 
 
 @pytest.fixture

@@ -18,16 +18,10 @@ from agent.identity import FleetCa, Identity, SignedChannel, TrustStore, enroll
 from agent.mesh import Membership, Presence, resolve_scope
 from agent.transport import InprocBroker, InprocTransport
 from agent.wire import HybridClock, Topics
+from tests.support.clock import Clock
 
 NOW = 1_800_000_000_000
 
-
-class Clock:
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> int:
-        return self.ms
 
 
 class Node:

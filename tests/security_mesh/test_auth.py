@@ -16,18 +16,12 @@ from agent.security_mesh.auth import (
 from agent.transport import InprocTransport
 from agent.transport.base import Message
 from agent.wire import HybridClock
+from tests.support.clock import Clock
 
 NOW = 1_800_000_000_000
 HOUR = 3_600_000
 DAY = 86_400_000
 
-
-class Clock:
-    def __init__(self, ms):
-        self.ms = ms
-
-    def __call__(self):
-        return self.ms
 
 
 @pytest.fixture

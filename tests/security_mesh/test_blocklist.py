@@ -23,17 +23,11 @@ from agent.security_mesh.blocklist import (
 from agent.transport import InprocBroker, InprocTransport
 from agent.transport.base import Message
 from agent.wire import HybridClock, Topics
+from tests.support.clock import Clock
 
 NOW = 1_800_000_000_000
 TOPICS = Topics("lab")
 
-
-class Clock:
-    def __init__(self, ms):
-        self.ms = ms
-
-    def __call__(self):
-        return self.ms
 
 
 class Node:

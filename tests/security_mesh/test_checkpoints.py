@@ -18,17 +18,11 @@ from agent.security_mesh import Checkpoints, Ledger
 from agent.security_mesh.checkpoints import HISTORY
 from agent.transport import InprocBroker, InprocTransport, MqttTransport, Transport
 from agent.wire import HybridClock, Topics
+from tests.support.clock import Clock
 
 NOW = 1_800_000_000_000
 TOPICS = Topics("lab")
 
-
-class Clock:
-    def __init__(self, ms):
-        self.ms = ms
-
-    def __call__(self):
-        return self.ms
 
 
 @dataclass
