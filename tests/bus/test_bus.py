@@ -21,7 +21,6 @@ NOW = 1_800_000_000_000
 TOPICS = Topics("lab")
 
 
-
 def make_registry(calls: list[str]) -> CommandRegistry:
     registry = CommandRegistry()
 

@@ -13,7 +13,6 @@ from tests.support.clock import Clock
 NOW = 1_800_000_000_000
 
 
-
 @pytest.fixture
 def fleet(tmp_path):
     ca = FleetCa.init(tmp_path / "ca", "lab")

@@ -35,7 +35,6 @@ NOW = 1_800_000_000_000
 REPO = Path(__file__).resolve().parents[2]
 
 
-
 @pytest.fixture
 def fleet_ca(tmp_path):
     return FleetCa.init(tmp_path / "ca", "lab")

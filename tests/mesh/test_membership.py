@@ -23,7 +23,6 @@ from tests.support.clock import Clock
 NOW = 1_800_000_000_000
 
 
-
 class Node:
     """One device: transport, channel, presence and membership on a shared hub."""
 

@@ -23,7 +23,6 @@ HOUR = 3_600_000
 DAY = 86_400_000
 
 
-
 @pytest.fixture
 def pki(tmp_path):
     """An old and a new fleet CA, a device under each, and an operator under the old one."""

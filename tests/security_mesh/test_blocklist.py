@@ -29,7 +29,6 @@ NOW = 1_800_000_000_000
 TOPICS = Topics("lab")
 
 
-
 class Node:
     """One identity on the hub: channel, database and blocklist (devices only use the last two)."""
 

@@ -24,7 +24,6 @@ NOW = 1_800_000_000_000
 TOPICS = Topics("lab")
 
 
-
 @dataclass
 class Device:
     identity: Identity
