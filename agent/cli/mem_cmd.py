@@ -1,9 +1,10 @@
-"""``igris mem put|get|rm|ls``: this device's memory pools, read and written directly.
+"""``igris mem put|get|rm|ls|share|unshare``: this device's memory pools.
 
 Each command opens ``<root>/igris.db`` with the root's identity (its box key
 opens the pool keys) and calls :class:`agent.memory.MemoryStore`, so it needs
 no running agent and works beside one: in WAL mode both can write, and each
-commit waits its turn.
+commit waits its turn. ``share`` and ``unshare`` go through the running
+agent's control socket, since the key messages go out on its connection.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from agent.cli.common import add_root_option, resolve_root
 from agent.cli.output import add_json_flag, emit
+from agent.control import SOCKET_NAME, call
 from agent.db import Database
 from agent.errors import DocumentInvalid, DocumentNotFound
 from agent.identity import Identity
@@ -34,6 +36,10 @@ PUT_HELP = "store a JSON document under KEY in POOL (the pool is made by its fir
 GET_HELP = "print the document under KEY in POOL"
 RM_HELP = "delete the document under KEY in POOL"
 LS_HELP = "list the pools, or the documents of POOL in key order"
+SHARE_HELP = ("share POOL with member devices: the running agent sends them its keys "
+              "(needs their certificates, learnt from their births)")
+UNSHARE_HELP = ("remove DEVICE from POOL: the running agent rotates the pool key and sends "
+                "the new one to the remaining members only")
 VALUE_HELP = ("the value: JSON (42, true, '{\"a\": 1}'), @FILE or @- for a JSON file or stdin, "
               "or any other text, stored as a string")
 _UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -74,7 +80,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="at most N documents (default 100)")
     ls.set_defaults(func=ls_cmd)
 
-    for command in (put, get, rm, ls):
+    share = mem_sub.add_parser("share", help=SHARE_HELP, description=SHARE_HELP)
+    share.add_argument("pool", metavar="POOL", help="pool name")
+    share.add_argument("devices", metavar="DEVICE", nargs="+", help="device ids to add")
+    share.set_defaults(func=share_cmd)
+
+    unshare = mem_sub.add_parser("unshare", help=UNSHARE_HELP, description=UNSHARE_HELP)
+    unshare.add_argument("pool", metavar="POOL", help="pool name")
+    unshare.add_argument("device", metavar="DEVICE", help="device id to remove")
+    unshare.set_defaults(func=unshare_cmd)
+
+    for command in (put, get, rm, ls, share, unshare):
         add_root_option(command)
         add_json_flag(command)
 
@@ -181,6 +197,21 @@ def ls_cmd(args: argparse.Namespace) -> int:
     for problem in listing.problems:
         print(f"igris: error: {problem}", file=sys.stderr)
     return 1 if listing.problems else 0
+
+
+def share_cmd(args: argparse.Namespace) -> int:
+    """Through the running agent: it holds the connection the key message goes out on."""
+    result = call(resolve_root(args) / SOCKET_NAME, "mem.share",
+                  {"pool": args.pool, "devices": args.devices})
+    emit(result, as_json=args.json)
+    return 0
+
+
+def unshare_cmd(args: argparse.Namespace) -> int:
+    result = call(resolve_root(args) / SOCKET_NAME, "mem.unshare",
+                  {"pool": args.pool, "device": args.device})
+    emit(result, as_json=args.json)
+    return 0
 
 
 def _human_value(doc: Document) -> str:

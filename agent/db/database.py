@@ -171,6 +171,23 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX documents_expiry ON documents (expires_ms) WHERE expires_ms IS NOT NULL;
         """,
     ),
+    (
+        9,
+        """
+        -- Who shares each memory pool (agent/memory/sharing.py): the member list of the
+        -- newest key message accepted for it, and which key and signed message that was.
+        CREATE TABLE pool_members (
+            pool       TEXT PRIMARY KEY,
+            members    TEXT NOT NULL,                  -- JSON list of device ids, sorted
+            key_id     TEXT NOT NULL,
+            version    INTEGER NOT NULL,
+            ts_ms      INTEGER NOT NULL,
+            ts_counter INTEGER NOT NULL,
+            author     TEXT NOT NULL,
+            updated_ms INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

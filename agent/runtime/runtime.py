@@ -30,9 +30,9 @@ from agent.db import Database
 from agent.device import HealthLed, HealthMonitor, HealthReport, led_state_for, load_profile
 from agent.device.gpio_outputs import GpioOutputs
 from agent.device.pins import make_pin_factory
-from agent.errors import ConfigInvalid
+from agent.errors import ConfigInvalid, MemoryStoreError
 from agent.identity import SignedChannel, TrustStore
-from agent.memory import MemoryStore, PoolKeys
+from agent.memory import MemoryStore, PoolKeys, PoolSharing
 from agent.mesh import Membership, PolicySync, Presence, resolve_scope
 from agent.runtime.bootstrap import load_or_enroll_dev
 from agent.runtime.sdnotify import SystemdNotifier
@@ -130,6 +130,8 @@ class Runtime:
             self.db, PoolKeys(self.db, self.identity.box_key, now_ms=now_ms), self.hlc,
             now_ms=now_ms,
         )
+        self.sharing = PoolSharing(self.db, self.channel, self.topics, self.memory.keys,
+                                   record=self.ledger.append, now_ms=now_ms)
         self.channel.on_drop = self.auth_failures.add
         self.ledger_check: dict[str, Any] = {"state": "pending"}
         # Loaded now, so stored blocks are enforced before the first message.
@@ -163,6 +165,8 @@ class Runtime:
             "ai.infer": self._rpc_ai_infer,
             "policy.get": self._rpc_policy,
             "led.test": self._rpc_led_test,
+            "mem.share": self._rpc_mem_share,
+            "mem.unshare": self._rpc_mem_unshare,
         })
 
     def _make_transport(self) -> Transport:
@@ -193,6 +197,7 @@ class Runtime:
         await self.transport.start()
         await self.policy.start()
         await self.blocklist.start()
+        await self.sharing.start()
         await self.membership.start()
         await self.checkpoints.start()
         await self.commands.start()
@@ -227,6 +232,7 @@ class Runtime:
             await self.commands.stop()
             await self.checkpoints.stop()
             await self.membership.stop()
+            await self.sharing.stop()
             await self.blocklist.stop()
             await self.policy.stop()
             self.auth_failures.flush()
@@ -413,7 +419,7 @@ class Runtime:
             "blocklist": self.blocklist.counters(),
             "commands": {**self.commands.stats(), "plain_answered": self.plain.answered},
             "ai": self.ai.stats(),
-            "memory": {"pools": len(self.memory.pools())},
+            "memory": {"pools": len(self.memory.pools()), "sharing": self.sharing.counters()},
             "ledger": {"size": len(self.ledger), "verified": self.ledger_check,
                        "checkpoint_flags": self.checkpoints.flags()},
             "heartbeats_sent": self.presence.heartbeats_sent,
@@ -450,6 +456,15 @@ class Runtime:
         shown = [state.value async for state in self.led.cycle(dwell)]
         self._refresh_led()
         return shown
+
+    async def _rpc_mem_share(self, params: dict[str, Any]) -> dict[str, Any]:
+        devices = params.get("devices", [])
+        if not isinstance(devices, list):
+            raise MemoryStoreError("devices must be a list of device ids")
+        return (await self.sharing.share(params.get("pool"), devices)).to_dict()
+
+    async def _rpc_mem_unshare(self, params: dict[str, Any]) -> dict[str, Any]:
+        return (await self.sharing.remove(params.get("pool"), params.get("device"))).to_dict()
 
 
 def _infer_request(params: dict[str, Any]) -> InferRequest:
