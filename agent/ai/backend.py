@@ -18,7 +18,6 @@ from agent.errors import IgrisError
 LOCAL = "local"
 PEER = "peer"
 REMOTE = "remote"
-KINDS = (LOCAL, PEER, REMOTE)
 
 
 class InferenceError(IgrisError):

@@ -32,7 +32,6 @@ from agent.wire import Envelope, Topics, check_name
 
 log = logging.getLogger(__name__)
 
-MODES = ("all", "first", "any", "quorum:N")
 _REACHABLE = ("alive", "suspect")
 
 

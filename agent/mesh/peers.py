@@ -20,7 +20,6 @@ SUSPECT = "suspect"
 DEAD = "dead"
 LEFT = "left"  # stopped gracefully
 BLOCKED = "blocked"  # shown, never stored: the blocklist decides it
-STATES = (ALIVE, SUSPECT, DEAD, LEFT, BLOCKED)
 
 
 @dataclass(frozen=True, slots=True)
