@@ -27,11 +27,11 @@ commits but never leaves a torn row.
 Expiry is local. ``put`` stamps ``expires_ms`` from a TTL (or the pool's
 default); reads leave expired documents out at once, and :meth:`sweep`
 deletes their rows later. Deletes are tombstones (``deleted = 1``, the next
-version, a new time, no value), because sync will need to pass deletions
-on; a tombstone keeps the expiry of the document it deleted, so the sweep
-removes it once the document would have expired anyway. Tombstones of
-documents without expiry stay until sync (issue 6, part 3) decides how long
-peers need them.
+version, a new time, no value), because sync passes deletions on (a
+tombstone wins over an older write, so a delete never comes back); a
+tombstone keeps the expiry of the document it deleted, so the sweep removes
+it once the document would have expired anyway. Tombstones of documents
+without expiry are kept (not yet collected).
 
 >>> store = MemoryStore(db, PoolKeys(db, identity.box_key), hlc)   # doctest: +SKIP
 >>> store.put("notes", "kitchen/temp", {"c": 21.5}, ttl_s=3600)   # doctest: +SKIP

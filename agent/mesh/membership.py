@@ -90,6 +90,7 @@ class Membership:
         self._followed: set[str] = set()
         self._discovery: list[Subscription] = []
         self._listeners: list[PeerListener] = []
+        self._body_listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._online = False
@@ -110,6 +111,11 @@ class Membership:
     def add_listener(self, listener: PeerListener) -> None:
         """Call ``listener(peer)`` on the loop whenever a peer's state changes."""
         self._listeners.append(listener)
+
+    def add_body_listener(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
+        """Call ``listener(device, body)`` with each accepted birth or heartbeat body of a
+        peer that is not blocked (memory sync reads the pool digests heartbeats carry)."""
+        self._body_listeners.append(listener)
 
     def peer(self, device_id: str) -> Peer | None:
         peer = self._peers.get(device_id)
@@ -238,6 +244,9 @@ class Membership:
             return
         if known is not None and session == known.session and known.state == LEFT:
             return  # a straggler from a session that said goodbye
+        if not self._is_blocked(dev):
+            for listener in self._body_listeners:
+                listener(dev, body)
         info = dict(known.info) if known else {}
         if "health" in body and isinstance(body["health"], dict):
             info["health"] = body["health"]

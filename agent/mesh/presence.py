@@ -39,12 +39,14 @@ class Presence:
         describe: Callable[[], dict[str, Any]],
         health: Callable[[], dict[str, Any]],
         heartbeat_s: float = 10.0,
+        extra: Callable[[], dict[str, Any]] | None = None,
     ):
         self.channel = channel
         self.topics = topics
         self.session = session
         self._describe = describe
         self._health = health
+        self._extra = extra  # more heartbeat fields (memory sync: pool digests)
         self.heartbeat_s = heartbeat_s
         self.heartbeats_sent = 0
         self._task: asyncio.Task[None] | None = None
@@ -107,11 +109,9 @@ class Presence:
             await asyncio.sleep(self.heartbeat_s)
             self.heartbeats_sent += 1
             try:
-                await self.channel.publish(
-                    self.topics.hb(self._device), "state",
-                    {"session": self.session, "seq": self.heartbeats_sent,
-                     "health": self._health()},
-                    qos=0,
-                )
+                body = dict(self._extra()) if self._extra else {}
+                body.update({"session": self.session, "seq": self.heartbeats_sent,
+                             "health": self._health()})
+                await self.channel.publish(self.topics.hb(self._device), "state", body, qos=0)
             except Exception:
                 log.exception("heartbeat %d not sent", self.heartbeats_sent)

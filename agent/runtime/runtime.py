@@ -33,6 +33,7 @@ from agent.device.pins import make_pin_factory
 from agent.errors import ConfigInvalid, MemoryStoreError
 from agent.identity import SignedChannel, TrustStore
 from agent.memory import MemoryStore, PoolKeys, PoolSharing
+from agent.memory.sync import MemorySync, bus_requester
 from agent.mesh import Membership, PolicySync, Presence, resolve_scope
 from agent.runtime.bootstrap import load_or_enroll_dev
 from agent.runtime.sdnotify import SystemdNotifier
@@ -157,6 +158,7 @@ class Runtime:
         self.presence = Presence(
             self.channel, self.topics, session=self.session, describe=self._describe,
             health=self._health_summary, heartbeat_s=config.health.heartbeat_s,
+            extra=self.memsync.heartbeat,
         )
         self.control = ControlServer(socket_path, {
             "status": self._rpc_status,
@@ -227,6 +229,7 @@ class Runtime:
         try:
             await self.presence.stop()
         finally:
+            await self.memsync.stop()
             await self.bus.stop()
             await self.plain.stop()
             await self.commands.stop()
@@ -261,6 +264,9 @@ class Runtime:
                                    device_id=self.identity.device_id)
         self.bus = Bus(self.channel, self.topics, membership=self.membership,
                        serves_commands=True)
+        self.memsync = MemorySync(self.memory, self.sharing, bus_requester(self.bus))
+        self.registry.add(self.memsync.pull_command())
+        self.membership.add_body_listener(self.memsync.on_heartbeat)
         self.ai = self._build_ai()
         self.registry.add(self.ai.command())
 
@@ -419,7 +425,8 @@ class Runtime:
             "blocklist": self.blocklist.counters(),
             "commands": {**self.commands.stats(), "plain_answered": self.plain.answered},
             "ai": self.ai.stats(),
-            "memory": {"pools": len(self.memory.pools()), "sharing": self.sharing.counters()},
+            "memory": {"pools": len(self.memory.pools()), "sharing": self.sharing.counters(),
+                       "sync": dict(self.memsync.counters)},
             "ledger": {"size": len(self.ledger), "verified": self.ledger_check,
                        "checkpoint_flags": self.checkpoints.flags()},
             "heartbeats_sent": self.presence.heartbeats_sent,
