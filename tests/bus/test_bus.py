@@ -4,18 +4,17 @@ refusals, ledger. Real identities, signed channels, membership, SQLite and ledge
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
 from agent.bus import ROLES_MUTATE, Arg, Bus, CommandRegistry, CommandServer, CommandSpec
 from agent.db import Database
-from agent.identity import FleetCa, Identity, SignedChannel, TrustStore, enroll
+from agent.identity import Identity, SignedChannel, TrustStore, enroll
 from agent.mesh import Membership, Presence, resolve_scope
 from agent.security_mesh import Ledger
-from agent.transport import InprocBroker, InprocTransport
+from agent.transport import InprocTransport
 from agent.wire import HybridClock, Topics, parse_envelope
-from tests.support.clock import Clock
+from tests.support.inproc_fleet import node_factory, settle
 
 NOW = 1_800_000_000_000
 TOPICS = Topics("lab")
@@ -92,30 +91,9 @@ class Node:
         self.db.close()
 
 
-async def settle() -> None:
-    for _ in range(30):
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
 def fleet(tmp_path, async_cleanup):
-    ca = FleetCa.init(tmp_path / "ca", "lab")
-    hub = InprocBroker()
-    clock = Clock(NOW)
-    nodes: list[Node] = []
-
-    async def make(dev, **kw) -> Node:
-        node = await Node(tmp_path, hub, ca, dev, clock, **kw).start()
-        nodes.append(node)
-        return node
-
-    async def close() -> None:
-        for node in nodes:
-            if not node.closed:
-                with contextlib.suppress(Exception):
-                    await node.stop()
-
-    async_cleanup.push(close)
+    make, clock = node_factory(Node, tmp_path, async_cleanup)
     return make, clock
 
 
