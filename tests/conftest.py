@@ -5,6 +5,8 @@
   plugin is needed; ``async_cleanup`` runs async teardown on that same loop.
 - ``broker``: a real Mosquitto on a free loopback port (``broker.url``,
   ``broker.port``, ``kill()``, ``restart()``); ``mqtt_url`` is its URL.
+- ``fleet_ca``, ``identity`` (device ``pi-01``) and its ``db``: real keys,
+  certificate and SQLite file in the test's temp dir, valid at ``NOW``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import Any
 
 import pytest
 
+from agent.db import Database
+from agent.identity import FleetCa, Identity, enroll
 from tests.support.broker import MosquittoBroker
+from tests.support.inproc_fleet import NOW
 
 DEFAULT_ASYNC_TIMEOUT_S = 20.0
 
@@ -97,3 +102,24 @@ def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 def mqtt_url(broker: MosquittoBroker) -> str:
     """``mqtt://127.0.0.1:PORT`` of this test's broker."""
     return broker.url
+
+
+@pytest.fixture
+def fleet_ca(tmp_path: Path) -> FleetCa:
+    """A fleet CA for fleet ``lab`` in the test's temp dir."""
+    return FleetCa.init(tmp_path / "ca", "lab")
+
+
+@pytest.fixture
+def identity(tmp_path: Path, fleet_ca: FleetCa) -> Identity:
+    """Device ``pi-01`` enrolled into ``tmp_path / "root"`` (valid 10 days from NOW)."""
+    enroll(tmp_path / "root", fleet_ca, "pi-01", now_ms=NOW, days=10)
+    return Identity.load(tmp_path / "root")
+
+
+@pytest.fixture
+def db(tmp_path: Path, identity: Identity) -> Iterator[Database]:
+    """That device's database, closed after the test."""
+    database = Database.open(tmp_path / "root" / "igris.db")
+    yield database
+    database.close()

@@ -26,31 +26,13 @@ from agent.errors import (
     PoolNotFound,
     TopicInvalid,
 )
-from agent.identity import FleetCa, Identity, enroll
+from agent.identity import Identity, enroll
 from agent.memory import MAX_VALUE_BYTES, MemoryStore, PoolKeys
 from agent.wire import HybridClock
 from tests.support.clock import Clock
 
 NOW = 1_800_000_000_000
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def fleet_ca(tmp_path):
-    return FleetCa.init(tmp_path / "ca", "lab")
-
-
-@pytest.fixture
-def identity(tmp_path, fleet_ca):
-    enroll(tmp_path / "root", fleet_ca, "pi-01", now_ms=NOW, days=10)
-    return Identity.load(tmp_path / "root")
-
-
-@pytest.fixture
-def db(tmp_path, identity):
-    database = Database.open(tmp_path / "root" / "igris.db")
-    yield database
-    database.close()
 
 
 @pytest.fixture

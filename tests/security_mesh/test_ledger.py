@@ -20,7 +20,7 @@ from agent.cli import main
 from agent.compat import b64url_encode, canonical_json, sha256
 from agent.db import Database
 from agent.errors import LedgerError, TopicInvalid
-from agent.identity import FleetCa, Identity, enroll, key_id
+from agent.identity import key_id
 from agent.security_mesh import (
     GENESIS,
     AuthFailureTally,
@@ -41,24 +41,6 @@ class Clock:
     def __call__(self):
         self.ms += 7
         return self.ms
-
-
-@pytest.fixture
-def fleet_ca(tmp_path):
-    return FleetCa.init(tmp_path / "ca", "lab")
-
-
-@pytest.fixture
-def identity(tmp_path, fleet_ca):
-    enroll(tmp_path / "root", fleet_ca, "pi-01", now_ms=NOW, days=10)
-    return Identity.load(tmp_path / "root")
-
-
-@pytest.fixture
-def db(tmp_path, identity):
-    database = Database.open(tmp_path / "root" / "igris.db")
-    yield database
-    database.close()
 
 
 @pytest.fixture
