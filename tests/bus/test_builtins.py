@@ -114,10 +114,11 @@ async def run(registry: CommandRegistry, command: str, /, **args):
     return await spec.handler(call)
 
 
-def refused(registry, command, code, match, /, **args):
+def refused(registry, command, match, /, **args) -> str:
+    """Run ``command``, which must be refused with a message matching ``match``; its code."""
     with pytest.raises(CommandRefused, match=match) as caught:
         asyncio.run(run(registry, command, **args))
-    assert caught.value.code == code
+    return caught.value.code
 
 
 def gone(pid: int, timeout: float = 2.0) -> bool:
@@ -185,8 +186,9 @@ async def test_views_reply_what_the_runtime_shows(world):
 
 
 def test_config_get_refuses_an_unknown_section(world):
-    refused(world.registry, "config.get", "bad_args",
-            r"no config section 'mqqt'; sections: agent, mqtt", section="mqqt")
+    assert refused(world.registry, "config.get",
+                   r"no config section 'mqqt'; sections: agent, mqtt",
+                   section="mqqt") == "bad_args"
 
 
 async def test_health_takes_a_fresh_sample_each_time(world):
@@ -206,14 +208,15 @@ async def test_gpio_read_reads_named_inputs_and_outputs(world):
 
 
 def test_gpio_read_refuses_unknown_names_listing_the_known_ones(world):
-    refused(world.registry, "gpio.read", "bad_args",
-            r"no GPIO input or output named 'led'; known: power_save, relay, fan", name="led")
+    assert refused(world.registry, "gpio.read",
+                   r"no GPIO input or output named 'led'; known: power_save, relay, fan",
+                   name="led") == "bad_args"
 
 
 def test_gpio_read_says_when_an_input_cannot_be_read_here(world):
     ctx = dataclasses.replace(world.ctx, read_inputs=dict)  # no GPIO: nothing readable
-    refused(registry_of(ctx), "gpio.read", "unavailable", r"'power_save' cannot be read here",
-            name="power_save")
+    assert refused(registry_of(ctx), "gpio.read", r"'power_save' cannot be read here",
+                   name="power_save") == "unavailable"
 
 
 # ---------------------------------------------------------------- mutating
@@ -234,15 +237,15 @@ async def test_gpio_write_drives_the_mock_pin(world):
     ("GPIO18", r"'GPIO18' is not an output; outputs commands may drive: relay, fan"),
 ])
 def test_gpio_write_refuses_anything_but_the_profiles_outputs(world, name, match):
-    refused(world.registry, "gpio.write", "bad_args", match, name=name, on=True)
+    assert refused(world.registry, "gpio.write", match, name=name, on=True) == "bad_args"
     assert world.factory.pin(LED_PIN).function == "output"  # the LED's pin, untouched
     assert world.factory.pin(POWER_SAVE).function == "input"
 
 
 def test_gpio_write_says_when_outputs_cannot_be_driven(world):
     world.outputs.close()
-    refused(world.registry, "gpio.write", "unavailable", r"'relay': GPIO outputs are closed",
-            name="relay", on=True)
+    assert refused(world.registry, "gpio.write", r"'relay': GPIO outputs are closed",
+                   name="relay", on=True) == "unavailable"
 
 
 async def test_led_set_shows_a_pattern_for_a_while_then_the_health_state(world):
@@ -274,8 +277,8 @@ async def test_led_set_again_replaces_the_running_override(world):
 
 @pytest.mark.parametrize("seconds", [0, -1, 3601])
 def test_led_set_refuses_durations_out_of_range(world, seconds):
-    refused(world.registry, "led.set", "bad_args", r"argument 'seconds': expected more than 0",
-            state="error", seconds=seconds)
+    assert refused(world.registry, "led.set", r"argument 'seconds': expected more than 0",
+                   state="error", seconds=seconds) == "bad_args"
 
 
 async def test_action_run_runs_the_named_argv_and_reports(world):
@@ -316,17 +319,18 @@ async def test_action_timeouts_are_capped(world):
 
 
 def test_action_run_refuses_names_the_policy_does_not_list(world):
-    refused(world.registry, "action.run", "bad_args",
-            r"no action 'reboot' in the policy; actions: chatty, fail, hang, hello, long, "
-            r"missing, slow", name="reboot")
+    assert refused(world.registry, "action.run",
+                   r"no action 'reboot' in the policy; actions: chatty, fail, hang, hello, long, "
+                   r"missing, slow", name="reboot") == "bad_args"
     ctx = dataclasses.replace(world.ctx, policy_section=lambda _name: {})
-    refused(registry_of(ctx), "action.run", "bad_args", r"none \(the policy lists no actions\)",
-            name="hello")
+    assert refused(registry_of(ctx), "action.run", r"none \(the policy lists no actions\)",
+                   name="hello") == "bad_args"
 
 
 def test_action_run_says_when_the_program_cannot_start(world):
-    refused(world.registry, "action.run", "unavailable",
-            r"action 'missing' cannot start '.*no-such-program': No such file", name="missing")
+    assert refused(world.registry, "action.run",
+                   r"action 'missing' cannot start '.*no-such-program': No such file",
+                   name="missing") == "unavailable"
 
 
 async def test_agent_restart_replies_first_then_restarts_once(world):

@@ -48,11 +48,15 @@ def test_broker_restart_then_everyone_rejoins(mesh):
     time.sleep(1.0)
     mesh.broker.restart()
     for agent in mesh.agents.values():
-        agent.wait_for(lambda s: s["broker"]["connected"], timeout=20, what="reconnected")
+        status = agent.wait_for(lambda s: s["broker"]["connected"], timeout=20,
+                                what="reconnected")
+        assert status["broker"]["reconnects"] >= 1
     mesh.wait_all(all_alive())
     # Still detecting after the restart (fresh subscriptions, fresh wills).
     mesh.agents["n5"].kill()
     mesh.wait_all({"n5": "dead"}, timeout=5)
+    assert mesh.agents["n1"].peers() == {"n2": "alive", "n3": "alive", "n4": "alive",
+                                         "n5": "dead"}
 
 
 def test_stale_death_after_a_fast_restart_does_not_kill(mesh):
