@@ -16,7 +16,6 @@ takes over the persistent session of an agent running as the same identity.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from agent.db import Database
 from agent.errors import CertificateInvalid, ConfigInvalid
 from agent.identity import Identity, SignedChannel, TrustStore
 from agent.identity.trust import TrustAnchor
+from agent.mesh.policy import stored_policy
 from agent.security_mesh.auth import OPERATOR, anchors_from_policy
 from agent.transport import MqttSettings, MqttTransport
 from agent.transport.base import Message
@@ -143,11 +143,9 @@ def trust_anchors(root: Path, identity: Identity) -> tuple[TrustAnchor, ...]:
         return (TrustAnchor(identity.ca_public),)
     db = Database.open(path)
     try:
-        row = db.conn.execute(
-            "SELECT document FROM policy ORDER BY version DESC LIMIT 1"
-        ).fetchone()
+        stored = stored_policy(db.conn)
     finally:
         db.close()
-    if row is None:
+    if stored is None:
         return (TrustAnchor(identity.ca_public),)
-    return anchors_from_policy(json.loads(row[0]), identity.ca_public)
+    return anchors_from_policy(stored[0], identity.ca_public)

@@ -87,6 +87,8 @@ class PolicySync:
         self._now_ms = now_ms
         self._listeners: list[PolicyListener] = []
         self.document: dict[str, Any] = default_policy()
+        # What sections fall back to; parsed once (section() runs per command and decision).
+        self._defaults: dict[str, Any] = default_policy()
         self.author = "default"
         self.applied_ms: int | None = None
         self.rejected: Counter[str] = Counter()
@@ -105,7 +107,7 @@ class PolicySync:
 
     def section(self, name: str) -> dict[str, Any]:
         """A section of the policy in force, falling back to the shipped default's."""
-        return self.document.get(name) or default_policy().get(name, {})
+        return self.document.get(name) or self._defaults.get(name, {})
 
     def show(self) -> dict[str, Any]:
         """What ``igris policy show`` prints."""
