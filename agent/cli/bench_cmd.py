@@ -13,7 +13,7 @@ import asyncio
 from typing import Any
 
 from agent.cli.common import add_root_option, resolve_root
-from agent.cli.output import add_json_flag, emit
+from agent.cli.output import add_json_flag, columns, emit
 
 # The runtime's file name (agent.runtime.runtime.DB_NAME), not imported from
 # there: that would load the whole agent for a command that needs none of it.
@@ -45,9 +45,7 @@ def _table(report: dict[str, Any]) -> str:
         f["backend"], f["model"], f"{f['p50_ms']:.4f}", f"{f['p95_ms']:.4f}",
         f"{f['accuracy']:.4f}", f"{f['mj_per_inference']:.4f}", str(f["samples"]),
     ) for f in report["figures"]]
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    out = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-           for row in lines]
+    out = [columns(lines)]
     out += [f"{name}: unavailable ({why})" for name, why in report["unavailable"].items()]
     out.append(f"(target {report['target']} at {report['watts']:g} W under load; "
                f"stored in {report['db']})")

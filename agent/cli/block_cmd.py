@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.cli.common import add_root_option, resolve_root
 from agent.cli.operator_session import OperatorSession, database_path, operator_session
-from agent.cli.output import add_json_flag, emit
+from agent.cli.output import add_json_flag, columns, emit
 from agent.compat import canonical_json, wall_ms
 from agent.db import Database
 from agent.errors import EnvelopeRejected, StorageError
@@ -176,12 +176,7 @@ def _table(entries: list[dict[str, Any]]) -> str:
         (e["target"], e["state"], _utc(e["expires_ms"]), e["author"], e["reason"] or "-")
         for e in entries
     ]
-    # Every column but the last (the free-text reason) is padded to its widest cell.
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)] + [0]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    )
+    return columns(lines)
 
 
 def _utc(ms: int | None) -> str:

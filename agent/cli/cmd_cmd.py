@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.common import add_root_option, resolve_root
-from agent.cli.output import add_json_flag, emit
+from agent.cli.output import add_json_flag, columns, emit
 from agent.errors import CommandError
 
 HELP = "send a signed command to a device, group:<name> or all, and show the replies"
@@ -131,9 +131,7 @@ def table(result: dict[str, Any]) -> str:
         text = json.dumps(shown, sort_keys=True, default=str)
         rows.append((dev, "yes" if reply["ok"] else "no", f"{reply['ms']:.1f}",
                      text if len(text) <= 70 else text[:67] + "..."))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join([*(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)), r[3]])
-             for r in rows]
+    lines = [columns(rows)]
     for dev, why in result["missing"].items():
         if dev not in result["replies"]:
             lines.append(f"{dev}  missing: {why}")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.common import add_root_option, resolve_root
-from agent.cli.output import add_json_flag, emit
+from agent.cli.output import add_json_flag, columns, emit
 from agent.control import SOCKET_NAME, call
 from agent.db import Database
 from agent.errors import DocumentInvalid, DocumentNotFound
@@ -224,27 +224,21 @@ def _human_value(doc: Document) -> str:
 def _pool_table(pools: list[PoolInfo]) -> str:
     if not pools:
         return "(no pools)"
-    return _table(("POOL", "DOCUMENTS", "EXPIRED", "TOMBSTONES", "DEFAULT TTL", "KEY"), [
+    return columns([("POOL", "DOCUMENTS", "EXPIRED", "TOMBSTONES", "DEFAULT TTL", "KEY"), *(
         (p.pool, str(p.documents), str(p.expired), str(p.tombstones),
          "-" if p.default_ttl_s is None else f"{p.default_ttl_s}s",
          f"{p.key_id or '-'} ({p.key_versions} held)")
-        for p in pools
-    ])
+        for p in pools)])
 
 
 def _document_table(listing: Listing) -> str:
     if not listing.documents:
         return "(no documents)"
-    return _table(("KEY", "VERSION", "UPDATED", "EXPIRES", "VALUE"), [
+    return columns([("KEY", "VERSION", "UPDATED", "EXPIRES", "VALUE"), *(
         (d.key, str(d.version), _when(d.ts[0]), _when(d.expires_ms), _short(d.value))
-        for d in listing.documents
-    ])
+        for d in listing.documents)])
 
 
-def _table(header: tuple[str, ...], lines: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in (header, *lines)) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-                     .rstrip() for row in (header, *lines))
 
 
 def _short(value: Any) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -30,6 +30,13 @@ def rows(data: dict[str, Any], indent: int = 0) -> str:
         else:
             lines.append(f"{' ' * indent}{key!s:<{width}}  {_cell(value)}")
     return "\n".join(lines)
+
+
+def columns(lines: Sequence[Sequence[str]]) -> str:
+    """Rows of cells (the first is the header) with every column padded to its widest cell."""
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     .rstrip() for row in lines)
 
 
 def _cell(value: Any) -> str:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from agent.cli.common import add_root_option, resolve_root
-from agent.cli.output import add_json_flag, emit
+from agent.cli.output import add_json_flag, columns, emit
 from agent.control import SOCKET_NAME, call
 
 HELP = "list the peers this device follows: state, session, groups, last seen, health"
@@ -41,9 +41,7 @@ def table(result: dict[str, Any]) -> str:
             ",".join(p["groups"]) or "-", _ago(p["last_seen_ms"], now),
             info.get("target", "-"), info.get("health", {}).get("status", "-"),
         ))
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    out = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-           for row in lines]
+    out = [columns(lines)]
     counts = ", ".join(f"{n} {state}" for state, n in sorted(result["counts"].items()))
     out.append(f"({result['scope']} scope; {counts or 'no peers yet'})")
     return "\n".join(out)
