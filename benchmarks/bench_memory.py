@@ -14,10 +14,11 @@ Targets (issue 6):
   calling ``MemorySync.sync("a", pool)`` until B's digest equals A's is
   <= 2 s. Both devices run the real ``SignedChannel``/``CommandServer``/``Bus``
   on the in-process hub, as tests/memory/test_sync.py does (no broker).
-- Delta: after one document changes on A, the next sync moves <= 2 KB beyond
-  the document's own sealed size; counted as the payload bytes of every
-  transport publish by A and B during that sync (signed request and reply
-  envelopes; the row travels base64-encoded inside them).
+- Delta: after one document changes on A, the next sync (a delta since B's
+  watermark, see agent/memory/sync.py) moves <= 2 KB beyond the document's
+  own sealed size; counted as the payload bytes of every transport publish by
+  A and B during that sync (signed request and reply envelopes; the row
+  travels base64-encoded inside them).
 
 Rates are best of three timed runs, alternating with their floor's::
 
@@ -142,7 +143,8 @@ async def measure_sync(tmp: Path, docs: int) -> dict[str, float]:
         request = b.sync.request
 
         async def tagged(peer, command, args):  # which step of the sync a publish belongs to
-            counter.phase = ("rows" if args.get("keys") is not None else
+            counter.phase = ("delta" if args.get("since") is not None else
+                             "rows" if args.get("keys") is not None else
                              "index" if args.get("bucket") is not None else "digest")
             return await request(peer, command, args)
 
@@ -267,7 +269,7 @@ def main() -> int:
                f"changed document ({m['delta_sealed_bytes']} B sealed): "
                f"{m['delta_beyond']} B beyond it")
         steps = ", ".join(f"{step} {m.get(f'delta_{step}_bytes', 0)} B"
-                          for step in ("digest", "index", "rows"))
+                          for step in ("delta", "digest", "index", "rows"))
         yield f"          by step: {steps} (requests and replies, signed envelopes)"
 
     report.print(args.json, lines)

@@ -188,6 +188,50 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        10,
+        """
+        -- Delta sync (agent/memory/sync.py): every write of a document row, local or
+        -- merged, is an INSERT OR REPLACE, which gives the row the rowid seq one above
+        -- the highest in the table. The sweep never deletes the row holding the highest,
+        -- so seqs only grow (without AUTOINCREMENT's extra write per insert), and a peer
+        -- asks for the rows "since seq W" instead of comparing the whole pool. source
+        -- names the peer a merged row came from (NULL: written here), so it is not sent
+        -- back to it.
+        CREATE TABLE documents_v10 (
+            seq        INTEGER PRIMARY KEY,
+            pool       TEXT NOT NULL,
+            key        TEXT NOT NULL,
+            version    INTEGER NOT NULL,
+            ts_ms      INTEGER NOT NULL,
+            ts_counter INTEGER NOT NULL,
+            expires_ms INTEGER,
+            deleted    INTEGER NOT NULL,
+            key_id     TEXT NOT NULL,
+            blob       BLOB NOT NULL,
+            source     TEXT,
+            UNIQUE (pool, key)
+        );
+        INSERT INTO documents_v10 (pool, key, version, ts_ms, ts_counter, expires_ms,
+                                   deleted, key_id, blob)
+            SELECT pool, key, version, ts_ms, ts_counter, expires_ms, deleted, key_id, blob
+            FROM documents ORDER BY rowid;
+        DROP TABLE documents;
+        ALTER TABLE documents_v10 RENAME TO documents;
+        CREATE INDEX documents_expiry ON documents (expires_ms) WHERE expires_ms IS NOT NULL;
+        -- How far this device has pulled each peer's rows of each pool: the peer's seq
+        -- and the epoch (random id) of the peer's database it counts in.
+        CREATE TABLE mem_watermarks (
+            pool       TEXT NOT NULL,
+            peer       TEXT NOT NULL,
+            epoch      TEXT NOT NULL,
+            seq        INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL,
+            PRIMARY KEY (pool, peer)
+        ) WITHOUT ROWID;
+        INSERT OR IGNORE INTO meta (key, value) VALUES ('mem_epoch', lower(hex(randomblob(8))));
+        """,
+    ),
 )
 
 

@@ -75,8 +75,12 @@ _CONTROL = re.compile("[\x00-\x1f\x7f]")
 _NONCE = nacl.bindings.crypto_secretbox_NONCEBYTES
 _MAC = nacl.bindings.crypto_secretbox_MACBYTES
 _ROW = "version, ts_ms, ts_counter, expires_ms, deleted, key_id, blob"
-_UPSERT = ("INSERT OR REPLACE INTO documents (pool, key, version, ts_ms, ts_counter, "
-           "expires_ms, deleted, key_id, blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_COLUMNS = "pool, key, version, ts_ms, ts_counter, expires_ms, deleted, key_id, blob"
+# INSERT OR REPLACE gives the row a new seq (migration 10): delta sync finds every write.
+_UPSERT = f"INSERT OR REPLACE INTO documents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+MERGE_UPSERT = (f"INSERT OR REPLACE INTO documents ({_COLUMNS}, source) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+"""A row merged from a peer, with the peer it came from (``source``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,11 +216,16 @@ class MemoryStore:
         """Delete the rows of documents (and tombstones) that have expired; returns how many.
 
         Reads already leave expired documents out; the sweep reclaims the space.
+        It leaves the row with the highest seq (of any pool) until a newer one is
+        written: a new row's seq is one above the highest held, so deleting that row
+        would let a later write reuse its seq, and a peer that has already pulled up
+        to it would miss that write (see :mod:`agent.memory.sync`).
         """
         now = self.now_ms() if now_ms is None else now_ms
         with self.db.transaction() as conn:
             return conn.execute(
-                "DELETE FROM documents WHERE expires_ms <= ?", (now,)).rowcount
+                "DELETE FROM documents WHERE expires_ms <= ? AND "
+                "seq < (SELECT max(seq) FROM documents)", (now,)).rowcount
 
     # ------------------------------------------------------------------- reads
 

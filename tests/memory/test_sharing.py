@@ -76,10 +76,12 @@ async def settle() -> None:
 
 def sync_rows(source: Node, target: Node, pool: str) -> None:
     """Copy a pool's sealed rows as they are (stands in for sync, issue 6 part 3)."""
-    rows = source.db.conn.execute("SELECT * FROM documents WHERE pool = ?", (pool,)).fetchall()
+    columns = "pool, key, version, ts_ms, ts_counter, expires_ms, deleted, key_id, blob"
+    rows = source.db.conn.execute(f"SELECT {columns} FROM documents WHERE pool = ?",
+                                  (pool,)).fetchall()
     with target.db.transaction() as conn:
-        conn.executemany("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         rows)
+        conn.executemany(f"INSERT OR REPLACE INTO documents ({columns}) VALUES "
+                         "(?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 @pytest.fixture

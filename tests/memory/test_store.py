@@ -210,8 +210,21 @@ def test_a_document_expires_after_its_ttl_and_the_sweep_removes_it(store, clock,
 
 def test_sweep_takes_an_explicit_time(store):
     store.put("notes", "a", 1, ttl_s=1)
+    store.put("notes", "b", 2)
     assert store.sweep(NOW + 999) == 0
     assert store.sweep(NOW + 1000) == 1
+
+
+def test_sweep_keeps_the_newest_row_so_seqs_only_grow(store, db, clock):
+    store.put("notes", "a", 1)
+    store.put("notes", "b", 2, ttl_s=1)
+    newest = db.conn.execute("SELECT max(seq) FROM documents").fetchone()[0]
+    clock.ms = NOW + 5000
+    assert store.sweep() == 0  # "b" has expired, but holds the highest seq
+    assert store.get("notes", "b") is None  # reads leave it out all the same
+    store.put("notes", "c", 3)
+    assert db.conn.execute("SELECT seq FROM documents WHERE key = 'c'").fetchone()[0] > newest
+    assert store.sweep(NOW + 5000) == 1 and row(db, "notes", "b") is None
 
 
 def test_the_pool_default_ttl_applies_to_puts_without_one(store):

@@ -148,7 +148,7 @@ async def test_agent_offline_while_others_write_catches_up_after_restart(fleet):
     assert len(tasks) == 1
     assert c.sync.on_peer_digests("a", a.sync.digests()) == tasks  # one sync in flight
     counts = await tasks[0]
-    assert counts["applied"] == 41
+    assert counts["applied"] == 41 and counts["deltas"] == 1 and counts["walks"] == 0
     assert values(c) == values(a) and c.store.get(POOL, "before") is None
     assert c.sync.digests() == a.sync.digests() == b.sync.digests()
     assert c.sync.on_peer_digests("b", b.sync.digests()) == []  # same root: nothing to do
@@ -199,17 +199,138 @@ async def test_expired_documents_vanish_everywhere(fleet):
     assert sum(node.sync.counters["expired"] for node in n.values()) == 0
 
 
-async def test_only_changed_buckets_travel(fleet):
+async def test_after_the_first_walk_only_deltas_travel(fleet):
     n = await fleet.start()
     await shared(n)
     a, b = n["a"], n["b"]
     a.store.put_many(POOL, [(f"doc/{i}", i) for i in range(100)])
     first = await b.sync.sync("a", POOL)
-    assert first["pulled"] == 100 and first["buckets"] == BUCKETS
+    assert first["walks"] == 1 and first["pulled"] == 100 and first["buckets"] == BUCKETS
+    assert b.sync.watermark("a", POOL) == (memsync.db_epoch(a.store), memsync.head_seq(a.store))
     a.store.put(POOL, "doc/7", "changed")
     second = await b.sync.sync("a", POOL)
-    assert second["pulled"] == 1 and second["buckets"] == 1 and second["applied"] == 1
+    assert second["deltas"] == 1 and second["walks"] == second["buckets"] == 0
+    assert second["pulled"] == second["applied"] == 1
+    assert b.store.get(POOL, "doc/7").value == "changed"
     assert (await b.sync.sync("a", POOL))["pulled"] == 0
+    # What B merged from A is not sent back to A.
+    back = await a.sync.sync("b", POOL)
+    assert back["walks"] == 1 and back["pulled"] == 0
+    a.store.put(POOL, "doc/8", "changed too")
+    await b.sync.sync("a", POOL)
+    assert (await a.sync.sync("b", POOL))["pulled"] == 0
+
+
+async def test_without_a_watermark_only_changed_buckets_travel(fleet):
+    n = await fleet.start()
+    await shared(n)
+    a, b = n["a"], n["b"]
+    a.store.put_many(POOL, [(f"doc/{i}", i) for i in range(100)])
+    await b.sync.sync("a", POOL)
+    a.store.put(POOL, "doc/7", "changed")
+    b.db.conn.execute("DELETE FROM mem_watermarks")
+    second = await b.sync.sync("a", POOL)
+    assert second["walks"] == 1 and second["buckets"] == 1
+    assert second["pulled"] == second["applied"] == 1
+
+
+async def test_a_peer_with_another_database_is_walked_again(fleet):
+    n = await fleet.start()
+    await shared(n)
+    a, b = n["a"], n["b"]
+    a.store.put_many(POOL, [(f"doc/{i}", i) for i in range(10)])
+    await b.sync.sync("a", POOL)
+    # A's database is replaced by another one (a new epoch): B's watermark means nothing.
+    a.db.set_meta("mem_epoch", "f" * 16)
+    a.store.put(POOL, "doc/3", "new")
+    counts = await b.sync.sync("a", POOL)
+    assert counts["deltas"] == 0 and counts["walks"] == 1 and counts["applied"] == 1
+    assert b.sync.watermark("a", POOL)[0] == "f" * 16
+    # A rolled back behind B's watermark (restored from an older copy): the same.
+    b.db.conn.execute("UPDATE mem_watermarks SET seq = seq + 1000")
+    a.store.put(POOL, "doc/4", "newer")
+    counts = await b.sync.sync("a", POOL)
+    assert counts["walks"] == 1 and counts["applied"] == 1
+
+
+async def test_a_row_lost_here_is_repaired_by_a_walk_when_deltas_stop_helping(fleet):
+    n = await fleet.start()
+    await shared(n)
+    a, b = n["a"], n["b"]
+    a.store.put_many(POOL, [(f"doc/{i}", i) for i in range(10)])
+    await b.sync.sync("a", POOL)
+    b.db.conn.execute("DELETE FROM documents WHERE key = 'doc/5'")  # lost behind our back
+    for _ in range(memsync.WALK_AFTER - 1):
+        counts = await b.sync.sync("a", POOL)
+        assert counts["deltas"] == 1 and counts["walks"] == 0 and counts["pulled"] == 0
+    counts = await b.sync.sync("a", POOL)
+    assert counts["walks"] == 1 and counts["applied"] == 1
+    assert b.store.get(POOL, "doc/5").value == 5
+    assert pool_digest(b.store, POOL) == pool_digest(a.store, POOL)
+
+
+async def test_equal_roots_reset_the_count_towards_a_walk(fleet):
+    n = await fleet.start()
+    await shared(n)
+    a, b = n["a"], n["b"]
+    a.store.put(POOL, "k", 1)
+    await b.sync.sync("a", POOL)
+    await a.sync.sync("b", POOL)
+    b.store.put(POOL, "from-b", 2)  # B is ahead: its pulls from A bring nothing new
+    for _ in range(memsync.WALK_AFTER - 1):
+        assert (await b.sync.sync("a", POOL))["walks"] == 0
+    await a.sync.sync("b", POOL)  # A catches up; B then hears an equal root
+    assert b.sync.on_peer_digests("a", a.sync.digests()) == []
+    b.store.put(POOL, "from-b", 3)
+    assert (await b.sync.sync("a", POOL))["walks"] == 0
+
+
+async def test_deltas_travel_in_chunks_and_skip_expired_rows(fleet, monkeypatch):
+    n = await fleet.start()
+    await shared(n)
+    a, b = n["a"], n["b"]
+    a.store.put(POOL, "first", 0)
+    await b.sync.sync("a", POOL)
+    monkeypatch.setattr(memsync, "CHUNK", 3)
+    monkeypatch.setattr(memsync, "SCAN", 5)
+    a.store.put(POOL, "brief", 1, ttl_s=1)
+    fleet.clock.ms += 2000
+    a.store.put_many(POOL, [(f"doc/{i}", i) for i in range(20)])
+    replies = []
+    request = b.sync.request
+
+    async def counting(peer, command, args):
+        result = await request(peer, command, args)
+        replies.append(len(result.get("rows", [])))
+        return result
+
+    b.sync.request = counting
+    counts = await b.sync.sync("a", POOL)
+    assert counts["deltas"] == 1 and counts["applied"] == counts["pulled"] == 20
+    assert max(replies) == 3 and len(replies) >= 7
+    assert b.store.get(POOL, "brief") is None
+    assert pool_digest(b.store, POOL) == pool_digest(a.store, POOL)
+    assert b.sync.watermark("a", POOL)[1] == memsync.head_seq(a.store)
+
+
+async def test_malformed_deltas_are_refused(fleet):
+    n = await fleet.start()
+    await shared(n)
+    a, b = n["a"], n["b"]
+    a.store.put(POOL, "k", 1)
+    await b.sync.sync("a", POOL)
+    epoch, since = b.sync.watermark("a", POOL)
+    bad = [["not a dict"], {"rows": "x", "next": since, "more": False, "root": "r"},
+           {"rows": [], "next": since - 1, "more": False, "root": "r"},
+           {"rows": [], "next": since, "more": True},
+           {"rows": [], "next": since, "more": False}]
+    for reply in bad:
+        async def answer(peer, command, args, reply=reply):
+            return reply
+        b.sync.request = answer
+        with pytest.raises(memsync.MemoryStoreError, match="malformed delta"):
+            await b.sync.sync("a", POOL)
+    assert b.sync.watermark("a", POOL) == (epoch, since)
 
 
 async def test_buckets_travel_in_chunks(fleet, monkeypatch):
