@@ -94,6 +94,9 @@ def test_three_members_converge_through_a_broker_outage(fleet):
         put(fleet, name, "same", json.dumps(name))
         put(fleet, name, f"own/{name}", "1")
     assert mem(fleet, "n2", "rm", "notes", "seed").returncode == 0
+    done = mem(fleet, "n1", "put", "notes", "brief", "1", "--ttl", "3s")
+    assert done.returncode == 0, done.stderr
+    wait_value(fleet, "n3", "brief", 1)  # then it expires everywhere (wait_same below)
     wait_same(fleet, {"same": values(fleet, "n3")["same"],
                       **{f"own/{name}": 1 for name in NAMES}})
 
