@@ -144,6 +144,19 @@ class CommandRefused(CommandError):
         super().__init__(code if not detail else code + ": " + detail)
 
 
+class CommandFailed(CommandError):
+    """A command sent to one device came back refused or failed, or not at all.
+
+    ``code`` is the reply's error code, or why there was no reply (``timeout``,
+    ``dead``, ``left``, ``blocked``).
+    """
+
+    def __init__(self, code, detail=""):
+        self.code = code
+        self.detail = detail
+        super().__init__(code if not detail else code + ": " + detail)
+
+
 class ProfileNotFound(ConfigError, _LookupError):
     """No target profile of that name ships with Igris."""
 
@@ -166,3 +179,34 @@ class NoGpioWarning(IgrisWarning):
 
 class DevelopmentCaWarning(IgrisWarning):
     """Nothing was enrolled, so the agent made a local development CA."""
+
+
+# Orchestrator
+
+
+class OrchestratorError(IgrisError):
+    """Base for task, plan, queue and planner problems."""
+
+
+class TaskInvalid(OrchestratorError, _ValueError):
+    """A task spec, state change or lease operation is refused; the message says why."""
+
+
+class PlanInvalid(TaskInvalid):
+    """A plan is refused; ``reasons`` lists every problem found, not just the first."""
+
+    def __init__(self, reasons):
+        self.reasons = list(reasons)
+        super().__init__("plan refused: " + "; ".join(self.reasons))
+
+
+class TaskNotFound(OrchestratorError, _LookupError):
+    """No task with that id in the queue."""
+
+
+class PlannerError(OrchestratorError):
+    """A planner backend failed, or no template matches the goal."""
+
+
+class TaskFailed(OrchestratorError):
+    """A task ran and failed: a refused command, a missing input, a lost node, no node fits."""

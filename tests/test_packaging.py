@@ -19,7 +19,8 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("igris_agent-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "agent/profiles/pi-zero-2w.toml" in names
-    assert "agent/policy_default/policy.json" in names
+    assert {"agent/policy_default/policy.json", "agent/policy_default/plans.json",
+            "agent/orchestrator/scheduler.py"} <= set(names)
     assert {"agent/models/models.json", "agent/models/holdout.json",
             "agent/models/digits-mlp.tflite", "agent/models/digits-cnn.tflite"} <= set(names)
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
@@ -35,10 +36,11 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path):
     code = (
         "import json, agent, agent.device as d, agent.ai.models as m\n"
         "from importlib.resources import files\n"
+        "from agent.orchestrator.templates import TemplateSet\n"
         "print(json.dumps({'file': agent.__file__, 'profiles': d.available_profiles(),\n"
         " 'models': {n: str(i.file) for n, i in m.model_catalog().items()},\n"
         " 'policy': json.loads(files('agent.policy_default').joinpath('policy.json')"
-        ".read_text())['version']}))\n"
+        ".read_text())['version'], 'templates': TemplateSet.shipped().names()}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True, cwd=tmp_path, env=env, timeout=60).stdout
@@ -47,6 +49,7 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path):
     assert {"generic-linux", "rpi4", "rpi5", "pi-zero-2w", "jetson-orin-nano"} <= set(
         found["profiles"])
     assert found["policy"] == 1
+    assert "health-check" in found["templates"]
     assert sorted(found["models"]) == ["digits-cnn", "digits-mlp"]
     assert all(path.startswith(str(site)) for path in found["models"].values())
     version = subprocess.run([sys.executable, "-m", "agent", "version", "--json"], check=True,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent.compat import b64url_encode, random_bytes
-from agent.errors import CommandError, TopicInvalid
+from agent.errors import CommandError, CommandFailed, TopicInvalid
 from agent.identity.channel import SignedChannel
 from agent.transport.base import Message
 from agent.wire import Envelope, Topics, check_name
@@ -231,6 +231,21 @@ class Bus:
             self._pending.pop(rid, None)
         result.elapsed_ms = (loop.time() - pending.started) * 1000
         return result
+
+    async def request_one(self, device: str, command: str, args: dict[str, Any] | None = None,
+                          *, timeout: float = 5.0) -> Any:
+        """``command`` on one device: its result, or :class:`CommandFailed` saying why not
+        (the reply's error code, or ``timeout``/``dead``/... when none came)."""
+        result = await self.request(device, command, args, timeout=timeout, mode="first")
+        reply = result.replies.get(device)
+        if reply is None:
+            raise CommandFailed(result.missing.get(device, "timeout"),
+                                f"{command} to {device}: no reply")
+        if not reply.ok:
+            error = reply.error or {}
+            raise CommandFailed(str(error.get("code", "error")),
+                                f"{command} on {device}: {error.get('message', '')}")
+        return reply.result
 
     def _topic(self, target: str) -> str:
         if target == "all":

@@ -278,26 +278,44 @@ class CommandServer:
         ledger like any execution (``by: "mqtt"``); refusals are rate-limited
         as one caller.
         """
-        plain_id = "mqtt-" + b64url_encode(random_bytes(9))
-        try:
-            spec = self.registry.get(name)
+        def admit(spec: CommandSpec) -> None:
             if spec.mutates and name not in self._policy_section("commands").get(
                     "plain_mqtt", []):
                 raise CommandRefused(
                     "forbidden", f"{name} changes the device; plain MQTT clients may run only "
                     "read-only commands unless the policy lists it in commands.plain_mqtt")
-            call = CommandCall(plain_id, name, spec.check_args(args), PLAIN_CALLER, "plain")
+
+        return await self._execute_unsigned("mqtt-", PLAIN_CALLER, "plain", name, args, admit)
+
+    async def execute_local(self, name: str, args: Any, *, by: str) -> dict[str, Any]:
+        """Run a command on this device for a part of this agent (a task step); the reply.
+
+        What asks has this agent's own authority (a task came through the
+        control socket or from a scheduler's signed ``task.run``), so every
+        command may run; the ledger records it as ``by``.
+        """
+        return await self._execute_unsigned("local-", by, "scheduler", name, args,
+                                            lambda _spec: None)
+
+    async def _execute_unsigned(self, prefix: str, caller: str, role: str, name: str,
+                                args: Any, admit: Callable[[CommandSpec], None]
+                                ) -> dict[str, Any]:
+        call_id = prefix + b64url_encode(random_bytes(9))
+        try:
+            spec = self.registry.get(name)
+            admit(spec)
+            call = CommandCall(call_id, name, spec.check_args(args), caller, role)
         except CommandRefused as exc:
             self.refused[exc.code] += 1
             outcome = _error(exc.code, exc.detail)
-            if not self._bucket(PLAIN_CALLER).take(self._now_ms(), self._refusal_rate()):
+            if not self._bucket(caller).take(self._now_ms(), self._refusal_rate()):
                 self.rate_limited += 1
                 return outcome
-            self._record_execution(plain_id, PLAIN_CALLER, name, {}, outcome)
+            self._record_execution(call_id, caller, name, {}, outcome)
             return outcome
         outcome = await self._run(spec, call)
         self.executed += 1
-        self._record_execution(plain_id, PLAIN_CALLER, name, call.args, outcome)
+        self._record_execution(call_id, caller, name, call.args, outcome)
         return outcome
 
     # ------------------------------------------------------------------ replying

@@ -232,6 +232,54 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         INSERT OR IGNORE INTO meta (key, value) VALUES ('mem_epoch', lower(hex(randomblob(8))));
         """,
     ),
+    (
+        11,
+        """
+        -- The durable task queue (agent/orchestrator/queue.py). A plan's id numbers its
+        -- tasks: task ids are "<plan>/<task id>".
+        -- Plans are never deleted, so a plain rowid never hands an id out twice.
+        CREATE TABLE task_plans (
+            id           INTEGER PRIMARY KEY,
+            goal         TEXT NOT NULL,
+            submitted_ms INTEGER NOT NULL
+        );
+        -- One row per task. seq orders tasks by age, spec is the canonical JSON task spec,
+        -- waiting counts the dependencies not yet done, not_before_ms is when a failed
+        -- task's backoff ends, error says why it last failed, went dead or was cancelled.
+        CREATE TABLE tasks (
+            seq              INTEGER PRIMARY KEY,
+            id               TEXT NOT NULL UNIQUE,
+            plan             INTEGER NOT NULL REFERENCES task_plans (id),
+            kind             TEXT NOT NULL,
+            spec             TEXT NOT NULL,
+            state            TEXT NOT NULL,
+            priority         INTEGER NOT NULL,
+            retries          INTEGER NOT NULL,
+            waiting          INTEGER NOT NULL,
+            attempts         INTEGER NOT NULL,
+            submitted_ms     INTEGER NOT NULL,
+            updated_ms       INTEGER NOT NULL,
+            not_before_ms    INTEGER NOT NULL,
+            deadline_ms      INTEGER,
+            lease_owner      TEXT,
+            lease_expires_ms INTEGER,
+            result           TEXT,
+            error            TEXT,
+            placement        TEXT
+        );
+        -- By state, and within ready tasks the next to lease: highest priority, then
+        -- oldest. One index for both, so a state change rewrites one index page, not two.
+        CREATE INDEX tasks_state ON tasks (state, priority DESC, seq);
+        CREATE INDEX tasks_deadline ON tasks (deadline_ms)
+            WHERE deadline_ms IS NOT NULL AND state IN ('pending', 'ready', 'failed');
+        -- The DAG: task (a seq) waits for dep (a seq) to be done.
+        CREATE TABLE task_deps (
+            dep  INTEGER NOT NULL,
+            task INTEGER NOT NULL,
+            PRIMARY KEY (dep, task)
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

@@ -49,7 +49,7 @@ from typing import Any
 
 from agent.bus.registry import Arg, CommandCall, CommandSpec
 from agent.compat import b64url_decode, b64url_encode
-from agent.errors import CommandRefused, MemoryStoreError, MemoryTampered
+from agent.errors import CommandFailed, CommandRefused, MemoryStoreError, MemoryTampered
 from agent.memory.sharing import PoolSharing
 from agent.memory.store import MERGE_UPSERT, MemoryStore
 from agent.wire import check_name
@@ -291,17 +291,13 @@ def _parse_row(store: MemoryStore, pool: str, row: Any) -> tuple[Any, ...] | Non
 
 
 def bus_requester(bus: Any, *, timeout: float = 5.0) -> Requester:
-    """A :data:`Requester` over signed commands: one device, its result or an error."""
+    """A :data:`Requester` over signed commands (``Bus.request_one``)."""
 
     async def request(peer: str, command: str, args: dict[str, Any]) -> Any:
-        result = await bus.request(peer, command, args, timeout=timeout, mode="first")
-        reply = result.replies.get(peer)
-        if reply is None:
-            raise MemoryStoreError(f"{command} to {peer}: no reply "
-                                   f"({result.missing.get(peer, 'timeout')})")
-        if not reply.ok:
-            raise MemoryStoreError(f"{command} to {peer} refused: {reply.error}")
-        return reply.result
+        try:
+            return await bus.request_one(peer, command, args, timeout=timeout)
+        except CommandFailed as exc:
+            raise MemoryStoreError(str(exc)) from None
 
     return request
 

@@ -35,7 +35,9 @@ from agent.identity import SignedChannel, TrustStore
 from agent.memory import MemoryStore, PoolKeys, PoolSharing
 from agent.memory.sync import MemorySync, bus_requester
 from agent.mesh import Membership, PolicySync, Presence, resolve_scope
+from agent.orchestrator.watchdog import LoopWatchdog
 from agent.runtime.bootstrap import load_or_enroll_dev
+from agent.runtime.orchestration import Orchestration
 from agent.runtime.sdnotify import SystemdNotifier
 from agent.security_mesh import (
     AuthFailureTally,
@@ -54,6 +56,9 @@ log = logging.getLogger(__name__)
 DB_NAME = "igris.db"
 EXIT_RESTART = 75  # EX_TEMPFAIL: asked to restart (agent.restart); systemd starts us again
 AUDIT_PERIOD_S = 60.0
+LOOP_CHECK_S = 2.0
+"""Without systemd's watchdog, the event loop's lag is still measured this often (and a
+wake-up later than half of it logged as a stall)."""
 _UNIX_PATH_MAX = 107
 
 
@@ -76,6 +81,7 @@ class Runtime:
         self.config = config
         self._now_ms = now_ms
         self.notifier = notifier or SystemdNotifier()
+        self.loop_watchdog = loop_watchdog(self.notifier)
         self.started_monotonic = time.monotonic()
         self.stopped = asyncio.Event()
         self.stop_requested = asyncio.Event()  # serve() stops the agent when this is set
@@ -160,7 +166,10 @@ class Runtime:
             health=self._health_summary, heartbeat_s=config.health.heartbeat_s,
             extra=self.memsync.heartbeat,
         )
-        self.control = ControlServer(socket_path, {
+        self.control = self._build_control(socket_path)
+
+    def _build_control(self, socket_path: Path) -> ControlServer:
+        return ControlServer(socket_path, {
             "status": self._rpc_status,
             "peers": self._rpc_peers,
             "ai.explain": self._rpc_ai_explain,
@@ -169,6 +178,7 @@ class Runtime:
             "led.test": self._rpc_led_test,
             "mem.share": self._rpc_mem_share,
             "mem.unshare": self._rpc_mem_unshare,
+            **self.orchestration.methods(),
         })
 
     def _make_transport(self) -> Transport:
@@ -206,13 +216,13 @@ class Runtime:
         await self.plain.start()
         await self.bus.start()
         await self.presence.start()
+        await self.orchestration.scheduler.start()
         self.booting = False
         self._refresh_led()
         self._spawn(self._sample_health(), "igris.health")
         self._spawn(self._audit(), "igris.audit")
         self._spawn(self._verify_ledger(), "igris.ledger.verify")
-        if self.notifier.watchdog_s:
-            self._spawn(self._watchdog(self.notifier.watchdog_s / 2), "igris.watchdog")
+        await self.loop_watchdog.start()
         self.notifier.notify("READY=1", f"STATUS=device {self.identity.device_id} up")
         log.info(
             "agent %s up: fleet %s, session %d, %s", self.identity.device_id,
@@ -223,10 +233,12 @@ class Runtime:
     async def stop(self) -> None:
         """Stop cleanly: death published, broker disconnected, database closed."""
         self.notifier.notify("STOPPING=1")
+        await self.loop_watchdog.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
+            await self.orchestration.scheduler.stop()
             await self.presence.stop()
         finally:
             await self.memsync.stop()
@@ -269,6 +281,12 @@ class Runtime:
         self.membership.add_body_listener(self.memsync.on_heartbeat)
         self.ai = self._build_ai()
         self.registry.add(self.ai.command())
+        self.orchestration = Orchestration(
+            db=self.db, certificate=self.identity.certificate, membership=self.membership,
+            policy=self.policy, bus=self.bus, commands=self.commands, memory=self.memory,
+            infer=self.ai.infer, sample=self._sample_now, health=self._health_summary,
+            remote=self.remote, now_ms=self._now_ms)
+        self.registry.add(self.orchestration.scheduler.run_command())
 
     def _build_ai(self) -> AiService:
         settings = self.config.ai
@@ -278,8 +296,9 @@ class Runtime:
         # A device that offers a model to its peers must be able to run it.
         local += [m for m in served_models(self.identity.certificate.caps)
                   if m in catalog and m not in local]
+        self.remote = remote_from_settings(settings)
         ai = AiService(
-            catalog=catalog, local_models=local, remote=remote_from_settings(settings),
+            catalog=catalog, local_models=local, remote=self.remote,
             bus=self.bus, policy_section=self.policy.section,
             state=lambda: device_state(self._health_summary(), metered=settings.metered_link),
             bench=load_bench(self.db), me=self.identity.device_id,
@@ -287,11 +306,12 @@ class Runtime:
         self.membership.add_listener(lambda _peer: ai.update_peers(self.membership.peers()))
         return ai
 
-    def _builtin_context(self) -> BuiltinContext:
-        async def sample_health() -> dict[str, Any]:
-            self.health = await self.monitor.sample()
-            return self.health.to_dict()
+    async def _sample_now(self) -> dict[str, Any]:
+        """A fresh health sample (``health`` command, ``sample`` tasks); kept as the latest."""
+        self.health = await self.monitor.sample()
+        return self.health.to_dict()
 
+    def _builtin_context(self) -> BuiltinContext:
         def ledger_head() -> dict[str, Any]:
             size, head = self.ledger.head()
             return {"size": size, "head": b64url_encode(head)}
@@ -299,7 +319,7 @@ class Runtime:
         return BuiltinContext(
             device_id=self.identity.device_id,
             status=self.status,
-            sample_health=sample_health,
+            sample_health=self._sample_now,
             peers=self._peers_view,
             policy=self.policy.show,
             policy_section=self.policy.section,
@@ -376,12 +396,6 @@ class Runtime:
             log.error("%s", self.last_error)
             self._refresh_led()
 
-    async def _watchdog(self, interval_s: float) -> None:
-        # Runs on the loop: if the loop is blocked, pings stop and systemd restarts us.
-        while True:
-            self.notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(interval_s)
-
     def _describe(self) -> dict[str, Any]:
         cert = self.identity.certificate
         return {
@@ -427,9 +441,11 @@ class Runtime:
             "ai": self.ai.stats(),
             "memory": {"pools": len(self.memory.pools()), "sharing": self.sharing.counters(),
                        "sync": dict(self.memsync.counters)},
+            "orchestrator": self.orchestration.stats(),
             "ledger": {"size": len(self.ledger), "verified": self.ledger_check,
                        "checkpoint_flags": self.checkpoints.flags()},
             "heartbeats_sent": self.presence.heartbeats_sent,
+            "event_loop": self.loop_watchdog.counters(),
             "health": self._health_summary(),
             "led": self.led.state.value,
             "error": self.last_error,
@@ -472,6 +488,13 @@ class Runtime:
 
     async def _rpc_mem_unshare(self, params: dict[str, Any]) -> dict[str, Any]:
         return (await self.sharing.remove(params.get("pool"), params.get("device"))).to_dict()
+
+
+def loop_watchdog(notifier: SystemdNotifier) -> LoopWatchdog:
+    """Under systemd's ``WatchdogSec``, ping four times per period while the loop answers in
+    time; without it, still measure the loop's lag (stalls are logged and counted)."""
+    check_s = notifier.watchdog_s / 4 if notifier.watchdog_s else LOOP_CHECK_S
+    return LoopWatchdog(notifier.notify, interval_s=check_s, max_lag_s=check_s / 2)
 
 
 def _infer_request(params: dict[str, Any]) -> InferRequest:

@@ -35,7 +35,10 @@ class SystemdNotifier:
         # A leading '@' names a socket in the abstract namespace.
         address = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Non-blocking: a listener that stops reading (its queue holds only
+            # net.unix.max_dgram_qlen datagrams) must not block the event loop.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                               | socket.SOCK_NONBLOCK) as sock:
                 sock.connect(address)
                 sock.sendall("\n".join(fields).encode())
         except OSError as exc:

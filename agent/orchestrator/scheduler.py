@@ -1,0 +1,173 @@
+"""The scheduler: places each queued task on a node and runs it there.
+
+It is a :class:`TaskRunner` over the durable queue whose handler, for every
+kind this device knows, first places the task (:func:`place` over the nodes
+membership knows, filtered by the task's constraints and the policy's
+``orchestration`` thresholds, scored by load, battery, heat and locality),
+records the placement in the queue, then runs it: here, through the kind's
+handler, or on the chosen device through the signed command ``task.run``.
+
+A node that dies while it runs a task stops the wait at once (the bus hears
+from membership that the device is dead), the attempt fails, and the queue's
+retry places the task again among the nodes still alive. A node that is
+running tasks scores lower for the next one, so work spreads. A device
+without the right to send ``task.run`` (only operators and schedulers have
+it) places tasks on itself alone.
+
+>>> scheduler = Scheduler(queue, kinds, device_id="sched-1", nodes=nodes,      # doctest: +SKIP
+...                       thresholds=limits, dispatch=bus.request_one, now_ms=wall_ms)
+>>> registry.add(scheduler.run_command())                                    # doctest: +SKIP
+>>> await scheduler.start(); scheduler.submit(plan)                          # doctest: +SKIP
+['1/fetch', '1/classify']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from agent.bus import ROLES_MUTATE, Arg, CommandCall, CommandSpec
+from agent.errors import CommandFailed, CommandRefused, TaskFailed, TaskInvalid
+from agent.orchestrator.kinds import KindHandler
+from agent.orchestrator.models import MAX_TIMEOUT_S, Placement, Plan, Task, TaskSpec
+from agent.orchestrator.placement import Decision, NodeView, Thresholds, place
+from agent.orchestrator.queue import TaskQueue
+from agent.orchestrator.runner import TaskRunner
+
+log = logging.getLogger(__name__)
+
+TASK_RUN = "task.run"
+DISPATCH_GRACE_S = 5.0
+"""A dispatched task's request waits this much beyond the task's timeout for the reply."""
+
+Dispatch = Callable[..., Awaitable[Any]]
+"""``await dispatch(device, command, args, timeout=s)``: the result, or ``CommandFailed``
+(``Bus.request_one``)."""
+
+
+class Scheduler:
+    """Place and run the queue's tasks; serve ``task.run`` for other schedulers.
+
+    ``nodes()`` gives what is known of every node, this device included
+    (``local=True``); ``thresholds()`` the policy's current limits;
+    ``dispatch`` sends ``task.run`` (None: this device may not, so it runs
+    everything itself).
+    """
+
+    def __init__(self, queue: TaskQueue, kinds: Mapping[str, KindHandler], *, device_id: str,
+                 nodes: Callable[[], Iterable[NodeView]], thresholds: Callable[[], Thresholds],
+                 dispatch: Dispatch | None, now_ms: Callable[[], int], concurrency: int = 8,
+                 lease_s: float = 30.0, poll_s: float = 1.0):
+        self.queue = queue
+        self.kinds = dict(kinds)
+        self.device_id = device_id
+        self._nodes = nodes
+        self._thresholds = thresholds
+        self._dispatch = dispatch
+        self._running_on: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter(placed_here=0, dispatched=0, unplaced=0,
+                                              lost=0, served=0)
+        self.runner = TaskRunner(queue, dict.fromkeys(self.kinds, self._run), owner=device_id,
+                                 now_ms=now_ms, concurrency=concurrency, lease_s=lease_s,
+                                 poll_s=poll_s)
+
+    async def start(self) -> None:
+        await self.runner.start()
+
+    async def stop(self) -> None:
+        await self.runner.stop()
+
+    def submit(self, work: TaskSpec | Plan) -> list[str]:
+        """Queue a task or a plan (committed when this returns); the task ids."""
+        ids = self.queue.submit(work)
+        self.runner.notify()
+        return ids
+
+    def cancel(self, task_id: str) -> list[str]:
+        """Cancel a task and its dependents; a running one is stopped where it runs here."""
+        cancelled = self.queue.cancel(task_id)
+        self.runner.notify()
+        return cancelled
+
+    def decide(self, spec: TaskSpec) -> Decision:
+        """Where ``spec`` would run now, and why the other nodes would not do."""
+        nodes = [replace(node, running=self._running_on[node.device_id])
+                 if self._running_on[node.device_id] else node for node in self._nodes()]
+        if self._dispatch is None:
+            nodes = [node for node in nodes if node.local]
+        return place(spec.constraints.to_dict(), nodes, self._thresholds())
+
+    def stats(self) -> dict[str, Any]:
+        """For ``igris status``: the queue's counts, the runner's and this scheduler's."""
+        return {"queue": self.queue.counts(), "runner": self.runner.counters(),
+                "running_on": {dev: n for dev, n in self._running_on.items() if n},
+                "dispatches": self._dispatch is not None, "kinds": sorted(self.kinds),
+                **self.counters}
+
+    async def _run(self, task: Task) -> Any:
+        decision = self.decide(task.spec)
+        device = decision.device
+        if device is None:
+            self.counters["unplaced"] += 1
+            why = "; ".join(f"{dev}: {reason}" for dev, reason in sorted(decision.refused.items()))
+            raise TaskFailed(f"no node fits task {task.id}: {why or 'no node known'}")
+        refused = tuple(f"{dev}: {reason}" for dev, reason in sorted(decision.refused.items()))
+        self.queue.place(task.id, self.device_id,
+                         Placement(device, round(float(decision.score or 0.0), 4), refused))
+        self._running_on[device] += 1
+        try:
+            if device == self.device_id:
+                self.counters["placed_here"] += 1
+                return await self.kinds[task.spec.kind](task.spec)
+            self.counters["dispatched"] += 1
+            return await self._run_on(device, task)
+        finally:
+            self._running_on[device] -= 1
+
+    async def _run_on(self, device: str, task: Task) -> Any:
+        assert self._dispatch is not None  # decide() placed remotely only with a dispatcher
+        try:
+            return await self._dispatch(device, TASK_RUN,
+                                        {"id": task.id, "task": task.spec.to_dict()},
+                                        timeout=task.spec.timeout_s + DISPATCH_GRACE_S)
+        except CommandFailed as exc:
+            if exc.code in ("dead", "left", "blocked", "timeout"):
+                self.counters["lost"] += 1
+                log.warning("task %s lost on %s (%s); it will be placed again", task.id,
+                            device, exc.code)
+            raise TaskFailed(f"on {device}: {exc}") from None
+
+    # ------------------------------------------------------------------ serving
+
+    def run_command(self) -> CommandSpec:
+        """``task.run``: run a task a scheduler placed on this device (operators and
+        schedulers only; idempotent by command id, as every command)."""
+
+        async def run(call: CommandCall) -> Any:
+            try:
+                spec = TaskSpec.from_dict(call.args["task"])
+            except TaskInvalid as exc:
+                raise CommandRefused("bad_args", str(exc)) from None
+            handler = self.kinds.get(spec.kind)
+            if handler is None:
+                raise CommandRefused("unknown_kind", f"{self.device_id} runs no task kind "
+                                                     f"{spec.kind!r} (it has {sorted(self.kinds)})")
+            self.counters["served"] += 1
+            try:
+                return await asyncio.wait_for(handler(spec), spec.timeout_s)
+            except asyncio.TimeoutError:
+                raise CommandRefused("timeout", f"task {call.args['id']} did not finish in "
+                                                f"{spec.timeout_s:g} s") from None
+            except (TaskFailed, TaskInvalid) as exc:
+                raise CommandRefused("failed", str(exc)) from None
+
+        return CommandSpec(
+            TASK_RUN, run, "run a task a scheduler placed on this device",
+            args={"id": Arg(str, help="the task's id in the scheduler's queue"),
+                  "task": Arg(dict, help="the task spec")},
+            mutates=True, roles=ROLES_MUTATE, timeout_s=MAX_TIMEOUT_S + DISPATCH_GRACE_S,
+        )
