@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from agent.cli.common import add_root_option, resolve_root
-from agent.cli.output import add_json_flag, emit
+from agent.cli.output import add_json_flag, emit, when
 from agent.errors import CertificateInvalid, LedgerError, NotEnrolled
 from agent.identity import Certificate, RootLayout, key_id
 from agent.security_mesh import LedgerEntry, read_entries, verify_ledger
@@ -80,13 +79,11 @@ def _human_entries(entries: list[LedgerEntry]) -> str:
     if not entries:
         return "(no entries)"
     return "\n".join(
-        f"{e.seq:>6}  {_when(e.ts[0])}  {e.kind:<16} {json.dumps(e.body, sort_keys=True)}"
+        f"{e.seq:>6}  {when(e.ts[0])}  {e.kind:<16} {json.dumps(e.body, sort_keys=True)}"
         for e in entries
     )
 
 
-def _when(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 def show_cmd(args: argparse.Namespace) -> int:

@@ -22,16 +22,18 @@ from agent.cli import (
     ledger_cmd,
     mem_cmd,
     peers_cmd,
+    plan_cmd,
     policy_cmd,
     run_cmd,
     status_cmd,
+    task_cmd,
     version_cmd,
 )
 from agent.errors import IgrisError
 
 COMMANDS = (
     run_cmd, status_cmd, peers_cmd, cmd_cmd, policy_cmd, ledger_cmd, block_cmd, mem_cmd,
-    identity_cmd, led_cmd, ai_cmd, bench_cmd, version_cmd,
+    identity_cmd, led_cmd, ai_cmd, task_cmd, plan_cmd, bench_cmd, version_cmd,
 )
 
 

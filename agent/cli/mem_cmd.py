@@ -13,14 +13,13 @@ import argparse
 import json
 import re
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from agent.cli.common import add_root_option, resolve_root
-from agent.cli.output import add_json_flag, columns, emit
+from agent.cli.output import add_json_flag, columns, emit, short, when
 from agent.control import SOCKET_NAME, call
 from agent.db import Database
 from agent.errors import DocumentInvalid, DocumentNotFound
@@ -44,7 +43,6 @@ VALUE_HELP = ("the value: JSON (42, true, '{\"a\": 1}'), @FILE or @- for a JSON 
               "or any other text, stored as a string")
 _UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _LOOKS_LIKE_JSON = ("{", "[", '"')
-_VALUE_WIDTH = 50
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -152,7 +150,7 @@ def put_cmd(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         doc = store.put(args.pool, args.key, value, ttl_s=args.ttl)
     summary = {"pool": doc.pool, "key": doc.key, "version": doc.version,
-               "expires": _when(doc.expires_ms)}
+               "expires": when(doc.expires_ms)}
     emit(doc.to_dict() if args.json else summary, as_json=args.json)
     return 0
 
@@ -235,17 +233,10 @@ def _document_table(listing: Listing) -> str:
     if not listing.documents:
         return "(no documents)"
     return columns([("KEY", "VERSION", "UPDATED", "EXPIRES", "VALUE"), *(
-        (d.key, str(d.version), _when(d.ts[0]), _when(d.expires_ms), _short(d.value))
+        (d.key, str(d.version), when(d.ts[0]), when(d.expires_ms), short(d.value))
         for d in listing.documents)])
 
 
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return text if len(text) <= _VALUE_WIDTH else text[: _VALUE_WIDTH - 3] + "..."
-
-
-def _when(ms: int | None) -> str:
-    return "-" if ms is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 

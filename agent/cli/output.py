@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,3 +48,14 @@ def _cell(value: Any) -> str:
 
 def add_json_flag(parser: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def when(ms: int | None) -> str:
+    """A wall-clock time in milliseconds as local time for a table ("-" for none)."""
+    return "-" if ms is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+def short(value: Any, width: int = 50) -> str:
+    """A JSON value cut to ``width`` characters for a table cell."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 3] + "..."

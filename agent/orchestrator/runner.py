@@ -4,10 +4,10 @@ One dispatch loop per runner leases as many ready tasks as it has free slots
 (``concurrency``), only of the kinds it has handlers for, and runs each as a
 named asyncio task, cancelled if it outlives its ``timeout_s``. While handlers
 run, one keeper task extends their leases every third of ``lease_s``, so a live
-runner keeps its work and a dead one's leases expire. The outcome is reported to the queue:
-the handler's return value completes the task; an exception (its ``repr``) or
-a timeout (``timeout after 60s``) fails the attempt, which retries or goes
-dead as the queue decides. If the lease is lost mid-run (the task was
+runner keeps its work and a dead one's leases expire. The outcome is reported
+to the queue: the handler's return value completes the task; an exception (an
+Igris error's message, any other's ``repr``) or a timeout (``timeout after
+60s``) fails the attempt, which retries or goes dead as the queue decides. If the lease is lost mid-run (the task was
 cancelled, or the lease expired while the loop stalled), the handler is
 cancelled and nothing is reported: the outcome is no longer this runner's.
 
@@ -30,7 +30,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from agent.errors import TaskInvalid
+from agent.errors import IgrisError, TaskInvalid
 from agent.orchestrator.models import Task
 from agent.orchestrator.queue import TaskQueue
 
@@ -192,7 +192,9 @@ class TaskRunner:
         """Run the handler and report success; the error text if the attempt failed."""
         try:
             result = await self._handlers[task.spec.kind](task)
-        except Exception as exc:
+        except IgrisError as exc:  # says what went wrong in its own words
+            return str(exc)
+        except Exception as exc:  # a bug or a plugin's error: keep its type
             return repr(exc)
         try:
             self._queue.complete(task.id, self._owner, result)
