@@ -9,7 +9,11 @@ handler, or on the chosen device through the signed command ``task.run``.
 
 A node that dies while it runs a task stops the wait at once (the bus hears
 from membership that the device is dead), the attempt fails, and the queue's
-retry places the task again among the nodes still alive. A node that is
+retry places the task again among the nodes still alive. A scheduler that
+restarts takes back at once the tasks it had leased (its old leases would
+otherwise hold them until they expire) and sends them again with the same
+attempt number; a device that already runs or ran that attempt answers with
+the same outcome instead of running it twice. A node that is
 running tasks scores lower for the next one, so work spreads. A device
 without the right to send ``task.run`` (only operators and schedulers have
 it) places tasks on itself alone.
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -43,6 +47,8 @@ log = logging.getLogger(__name__)
 TASK_RUN = "task.run"
 DISPATCH_GRACE_S = 5.0
 """A dispatched task's request waits this much beyond the task's timeout for the reply."""
+SERVED_KEPT = 256
+"""Attempts a device remembers (running or finished) to answer a repeat with their outcome."""
 
 Dispatch = Callable[..., Awaitable[Any]]
 """``await dispatch(device, command, args, timeout=s)``: the result, or ``CommandFailed``
@@ -69,13 +75,19 @@ class Scheduler:
         self._thresholds = thresholds
         self._dispatch = dispatch
         self._running_on: Counter[str] = Counter()
+        self._served: OrderedDict[tuple[str, str, int], asyncio.Task[Any]] = OrderedDict()
         self.counters: Counter[str] = Counter(placed_here=0, dispatched=0, unplaced=0,
-                                              lost=0, served=0)
+                                              lost=0, reclaimed=0, served=0, repeats=0)
         self.runner = TaskRunner(queue, dict.fromkeys(self.kinds, self._run), owner=device_id,
                                  now_ms=now_ms, concurrency=concurrency, lease_s=lease_s,
                                  poll_s=poll_s)
 
     async def start(self) -> None:
+        """Take back the leases a previous run of this device left, then start placing."""
+        for task in self.queue.list(state="leased", limit=10_000):
+            if task.lease_owner == self.device_id:
+                self.queue.release(task.id, self.device_id)
+                self.counters["reclaimed"] += 1
         await self.runner.start()
 
     async def stop(self) -> None:
@@ -131,9 +143,10 @@ class Scheduler:
     async def _run_on(self, device: str, task: Task) -> Any:
         assert self._dispatch is not None  # decide() placed remotely only with a dispatcher
         try:
-            return await self._dispatch(device, TASK_RUN,
-                                        {"id": task.id, "task": task.spec.to_dict()},
-                                        timeout=task.spec.timeout_s + DISPATCH_GRACE_S)
+            return await self._dispatch(
+                device, TASK_RUN,
+                {"id": task.id, "attempt": task.attempts, "task": task.spec.to_dict()},
+                timeout=task.spec.timeout_s + DISPATCH_GRACE_S)
         except CommandFailed as exc:
             if exc.code in ("dead", "left", "blocked", "timeout"):
                 self.counters["lost"] += 1
@@ -156,18 +169,33 @@ class Scheduler:
             if handler is None:
                 raise CommandRefused("unknown_kind", f"{self.device_id} runs no task kind "
                                                      f"{spec.kind!r} (it has {sorted(self.kinds)})")
-            self.counters["served"] += 1
-            try:
-                return await asyncio.wait_for(handler(spec), spec.timeout_s)
-            except asyncio.TimeoutError:
-                raise CommandRefused("timeout", f"task {call.args['id']} did not finish in "
-                                                f"{spec.timeout_s:g} s") from None
-            except (TaskFailed, TaskInvalid) as exc:
-                raise CommandRefused("failed", str(exc)) from None
+            key = (call.caller, call.args["id"], call.args["attempt"])
+            attempt = self._served.get(key)
+            if attempt is None:  # a repeat of an attempt gets its outcome, not a second run
+                self.counters["served"] += 1
+                attempt = asyncio.create_task(self._serve(call.args["id"], spec, handler),
+                                              name=f"igris.task.{call.args['id']}")
+                self._served[key] = attempt
+                while len(self._served) > SERVED_KEPT:
+                    self._served.popitem(last=False)
+            else:
+                self.counters["repeats"] += 1
+            return await asyncio.shield(attempt)
 
         return CommandSpec(
             TASK_RUN, run, "run a task a scheduler placed on this device",
             args={"id": Arg(str, help="the task's id in the scheduler's queue"),
+                  "attempt": Arg(int, help="the attempt's number (a repeat is not run again)"),
                   "task": Arg(dict, help="the task spec")},
             mutates=True, roles=ROLES_MUTATE, timeout_s=MAX_TIMEOUT_S + DISPATCH_GRACE_S,
         )
+
+    @staticmethod
+    async def _serve(task_id: str, spec: TaskSpec, handler: KindHandler) -> Any:
+        try:
+            return await asyncio.wait_for(handler(spec), spec.timeout_s)
+        except asyncio.TimeoutError:
+            raise CommandRefused("timeout", f"task {task_id} did not finish in "
+                                            f"{spec.timeout_s:g} s") from None
+        except (TaskFailed, TaskInvalid) as exc:
+            raise CommandRefused("failed", str(exc)) from None

@@ -214,7 +214,7 @@ async def test_refusals_on_the_device_fail_the_attempt_with_their_reason(nodes):
 async def test_task_run_is_refused_to_a_device_role_caller(nodes):
     nodes = await nodes()
     b = nodes["b"]
-    result = await b.bus.request("c", TASK_RUN, {"id": "1/x", "task": {"id": "x",
+    result = await b.bus.request("c", TASK_RUN, {"id": "1/x", "attempt": 1, "task": {"id": "x",
                                                                        "kind": "command"}},
                                  mode="first", timeout=2)
     assert result.replies["c"].error["code"] == "forbidden"
@@ -232,3 +232,33 @@ async def test_a_device_that_stops_answering_loses_the_task_to_another(nodes):
     sched.views = [alive("b", cpu_percent=60)]  # membership now says c is dead
     task = await finished(sched, tid)
     assert task.state == "done" and task.placement.device == "b" and task.attempts >= 2
+
+
+async def test_a_repeated_attempt_gets_its_outcome_without_running_again(nodes):
+    nodes = await nodes()
+    sched, c = nodes["sched"], nodes["c"]
+    args = {"id": "7/s", "attempt": 1,
+            "task": {"id": "s", "kind": "sample", "args": {"pool": "env"}}}
+    first = await sched.bus.request_one("c", TASK_RUN, args, timeout=5)
+    version = c.store.get("env", "c").version
+    again = await sched.bus.request_one("c", TASK_RUN, args, timeout=5)
+    assert again == first and c.store.get("env", "c").version == version
+    assert c.scheduler.counters["served"] == 1 and c.scheduler.counters["repeats"] == 1
+    # The next attempt of the same task is a new run.
+    await sched.bus.request_one("c", TASK_RUN, {**args, "attempt": 2}, timeout=5)
+    assert c.store.get("env", "c").version == version + 1
+
+
+async def test_a_restarted_scheduler_takes_back_its_leases_at_once(nodes):
+    nodes = await nodes()
+    sched = nodes["sched"]
+    sched.views = [alive("b")]
+    await sched.scheduler.stop()
+    # As a run killed mid-dispatch leaves it: leased by this device for five minutes.
+    (tid,) = sched.queue.submit(spec("p", "command", {"command": "ping"}))
+    (leased,) = sched.queue.lease("sched", lease_s=300)
+    assert leased.id == tid and leased.attempts == 1
+    await sched.scheduler.start()
+    task = await finished(sched, tid)
+    assert task.state == "done" and task.attempts == 1
+    assert sched.scheduler.counters["reclaimed"] == 1

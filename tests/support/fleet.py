@@ -32,6 +32,7 @@ class Fleet:
         self.base = short_root()
         self.ca = FleetCa.init(self.base / "ca", "lab")
         self.args = tuple(args)
+        self.env: dict[str, dict[str, str]] = {}  # name -> extra environment of its agent
         self.agents: dict[str, AgentProcess] = {}
         for name, names in groups.items():
             enroll(self.base / name, self.ca, name, now_ms=now_ms(), groups=tuple(names))
@@ -45,7 +46,7 @@ class Fleet:
 
     def start(self, name: str) -> AgentProcess:
         agent = AgentProcess(self.base / name, "--broker", self.broker.url, *self.args,
-                             env=FAST).start()
+                             env={**FAST, **self.env.get(name, {})}).start()
         self.agents[name] = agent
         return agent
 
