@@ -108,8 +108,8 @@ class Counter:
 async def measure_sync(tmp: Path, docs: int) -> dict[str, float]:
     # The harness of tests/memory/test_sync.py: real identities, SignedChannel,
     # CommandServer and Bus per device, on one in-process hub; wall clock.
-    from tests.memory.test_sharing import until
     from tests.memory.test_sync import SyncNode
+    from tests.support.waiting import until
 
     ca = FleetCa.init(tmp / "ca", "lab")
     for name in ("a", "b"):

@@ -7,9 +7,10 @@ run, one keeper task extends their leases every third of ``lease_s``, so a live
 runner keeps its work and a dead one's leases expire. The outcome is reported
 to the queue: the handler's return value completes the task; an exception (an
 Igris error's message, any other's ``repr``) or a timeout (``timeout after
-60s``) fails the attempt, which retries or goes dead as the queue decides. If the lease is lost mid-run (the task was
-cancelled, or the lease expired while the loop stalled), the handler is
-cancelled and nothing is reported: the outcome is no longer this runner's.
+60s``) fails the attempt, which retries or goes dead as the queue decides.
+If the lease is lost mid-run (the task was cancelled, or the lease expired
+while the loop stalled), the handler is cancelled and nothing is reported:
+the outcome is no longer this runner's.
 
 The loop sleeps until :meth:`TaskRunner.notify` (call it after submitting),
 a slot frees up, or ``poll_s`` passes (failed tasks' backoff ends with no

@@ -15,6 +15,7 @@ from agent.identity import FleetCa, Identity, SignedChannel, TrustAnchor, TrustS
 from agent.security_mesh.blocklist import Blocklist
 from agent.transport import MqttTransport
 from agent.wire import HybridClock, Topics
+from tests.support.waiting import until
 
 TOPICS = Topics("lab")
 
@@ -53,14 +54,6 @@ class Device:
     async def birth(self) -> None:
         await self.channel.publish(TOPICS.state(self.ident.device_id), "state",
                                    {"cert": self.ident.certificate.to_dict()}, retain=True)
-
-
-async def until(condition, timeout=5.0) -> None:
-    for _ in range(int(timeout / 0.005)):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not met in time")
 
 
 async def igris(capsys, *argv: str) -> tuple[int, str, str]:

@@ -13,6 +13,7 @@ from agent.memory import MemoryStore, PoolKeys, PoolMemberUnknown, PoolSharing
 from agent.memory.sharing import KEYS, NOT_MEMBER, UNOPENED
 from agent.transport import InprocBroker, InprocTransport
 from agent.wire import HybridClock, Topics
+from tests.support.waiting import until
 
 NOW = 1_800_000_000_000
 TOPICS = Topics("lab")
@@ -59,14 +60,6 @@ class Node:
         await self.sharing.stop()
         await self.transport.stop()
         self.db.close()
-
-
-async def until(condition, timeout=2.0) -> None:
-    for _ in range(int(timeout / 0.002)):
-        if condition():
-            return
-        await asyncio.sleep(0.002)
-    raise AssertionError("condition not met in time")
 
 
 async def settle() -> None:

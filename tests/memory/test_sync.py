@@ -20,7 +20,8 @@ from agent.memory.sync import (
 )
 from agent.transport import InprocBroker
 from agent.wire import HybridClock
-from tests.memory.test_sharing import NAMES, NOW, TOPICS, Clock, Node, until
+from tests.memory.test_sharing import NAMES, NOW, TOPICS, Clock, Node
+from tests.support.waiting import until
 
 POOL = "notes"
 
@@ -106,6 +107,20 @@ async def converge(n, names=NAMES) -> None:
             for peer in names:
                 if me != peer:
                     await n[me].sync.sync(peer, POOL)
+
+
+def rows_per_reply(node) -> list[int]:
+    """From now on, how many rows each ``mem.pull`` reply to ``node`` carries."""
+    replies: list[int] = []
+    request = node.sync.request
+
+    async def counting(peer, command, args):
+        result = await request(peer, command, args)
+        replies.append(len(result.get("rows", [])))
+        return result
+
+    node.sync.request = counting
+    return replies
 
 
 def values(node):
@@ -296,15 +311,7 @@ async def test_deltas_travel_in_chunks_and_skip_expired_rows(fleet, monkeypatch)
     a.store.put(POOL, "brief", 1, ttl_s=1)
     fleet.clock.ms += 2000
     a.store.put_many(POOL, [(f"doc/{i}", i) for i in range(20)])
-    replies = []
-    request = b.sync.request
-
-    async def counting(peer, command, args):
-        result = await request(peer, command, args)
-        replies.append(len(result.get("rows", [])))
-        return result
-
-    b.sync.request = counting
+    replies = rows_per_reply(b)
     counts = await b.sync.sync("a", POOL)
     assert counts["deltas"] == 1 and counts["applied"] == counts["pulled"] == 20
     assert max(replies) == 3 and len(replies) >= 7
@@ -352,15 +359,7 @@ async def test_large_documents_travel_a_few_per_reply(fleet):
     a, b = n["a"], n["b"]
     big = "x" * (30 * 1024)
     a.store.put_many(POOL, [(f"big/{i}", big) for i in range(5)])
-    replies = []
-    request = b.sync.request
-
-    async def counting(peer, command, args):
-        result = await request(peer, command, args)
-        replies.append(len(result.get("rows", [])))
-        return result
-
-    b.sync.request = counting
+    replies = rows_per_reply(b)
     counts = await b.sync.sync("a", POOL)
     assert counts["applied"] == 5 and max(replies) == 1
     assert pool_digest(b.store, POOL) == pool_digest(a.store, POOL)

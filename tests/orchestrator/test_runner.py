@@ -13,15 +13,9 @@ from agent.db import Database
 from agent.errors import TaskInvalid
 from agent.orchestrator import Plan, Task, TaskQueue, TaskRunner, TaskSpec
 from tests.support.clock import Clock
+from tests.support.waiting import until
 
 NOW = 1_800_000_000_000
-
-
-async def until(condition, timeout=2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture

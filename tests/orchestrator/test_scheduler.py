@@ -25,7 +25,8 @@ from agent.orchestrator.kinds import KindContext, task_kinds
 from agent.orchestrator.placement import NodeView, Thresholds
 from agent.orchestrator.scheduler import TASK_RUN, Scheduler
 from agent.transport import InprocBroker
-from tests.memory.test_sharing import TOPICS, Node, until
+from tests.memory.test_sharing import TOPICS, Node
+from tests.support.waiting import until
 
 POLICY = {"orchestration": {"min_battery_percent": 25, "max_celsius": 75,
                             "max_cpu_percent": 85}}

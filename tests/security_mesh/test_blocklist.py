@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from agent.compat import canonical_json
@@ -24,6 +22,7 @@ from agent.transport import InprocBroker, InprocTransport
 from agent.transport.base import Message
 from agent.wire import HybridClock, Topics
 from tests.support.clock import Clock
+from tests.support.waiting import until
 
 NOW = 1_800_000_000_000
 TOPICS = Topics("lab")
@@ -73,15 +72,6 @@ class Node:
         await self.channel.publish(TOPICS.block_snapshot(), "block",
                                    snapshot_body(entries, self.ident.certificate),
                                    qos=1, retain=True)
-
-
-async def until(condition, timeout=2.0) -> None:
-    """Let deliveries run until ``condition()`` holds (AssertionError after ``timeout``)."""
-    for _ in range(int(timeout / 0.002)):
-        if condition():
-            return
-        await asyncio.sleep(0.002)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from agent.security_mesh.checkpoints import HISTORY
 from agent.transport import InprocBroker, InprocTransport, MqttTransport, Transport
 from agent.wire import HybridClock, Topics
 from tests.support.clock import Clock
+from tests.support.waiting import until
 
 NOW = 1_800_000_000_000
 TOPICS = Topics("lab")
@@ -89,14 +90,6 @@ def fleet(tmp_path, async_cleanup):
                 device.db.close()
 
     return Fleet()
-
-
-async def until(predicate, timeout=3.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 async def settle():
