@@ -16,7 +16,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from agent.errors import PolicyRejected
+from agent.errors import ConfigInvalid, PolicyRejected
+from agent.orchestrator.supervisor import SERVICE_EXAMPLE, service_specs
 from agent.security_mesh import anchors_from_policy
 from agent.suggest import close_match
 
@@ -96,6 +97,18 @@ def _actions(v: Any) -> str | None:
     return None
 
 
+def _services(v: Any) -> str | None:
+    # The orchestrator's supervisor owns what a service means (its ChildSpec);
+    # every service is checked, whatever groups it is meant for.
+    if not isinstance(v, dict):
+        return f"an object like {SERVICE_EXAMPLE}"
+    try:
+        service_specs(v)
+    except ConfigInvalid as exc:
+        raise PolicyRejected(f"services: {exc}") from None
+    return None
+
+
 # section -> key -> check; a nested dict is a sub-table.
 SCHEMA: dict[str, Any] = {
     "version": _version,
@@ -134,6 +147,7 @@ SCHEMA: dict[str, Any] = {
         "refusals_per_s": _number(above=0),
     },
     "actions": _actions,
+    "services": _services,  # long-running programs each device keeps up (its supervisor)
 }
 REQUIRED = ("version",)
 

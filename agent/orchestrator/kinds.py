@@ -11,7 +11,7 @@ The handlers get everything through :class:`KindContext`, which the runtime
 fills with its parts; a handler takes the task's spec, returns its JSON
 result and raises to fail the attempt.
 
->>> kinds = task_kinds(KindContext(device_id="pi-01", ...))        # doctest: +SKIP
+>>> kinds = builtin_kinds(KindContext(device_id="pi-01", ...))     # doctest: +SKIP
 >>> await kinds["sample"](TaskSpec("s1", "sample", {"pool": "env"}))  # doctest: +SKIP
 {'pool': 'env', 'key': 'pi-01', 'status': 'healthy'}
 """
@@ -19,15 +19,14 @@ result and raises to fail the attempt.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any
 
 from agent.ai.backend import InferRequest
 from agent.errors import TaskFailed, TaskInvalid
 from agent.memory import MemoryStore
-from agent.orchestrator.models import TaskSpec
+from agent.orchestrator.models import BUILTIN_KINDS, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +55,9 @@ def _arg(spec: TaskSpec, name: str, kind: type | tuple[type, ...], *, required: 
     value = spec.args.get(name, default)
     if value is None and not required:
         return None
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
-        what = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        what = " or ".join(k.__name__ for k in kinds)
         raise TaskInvalid(f"task {spec.id!r} ({spec.kind}): argument {name!r} must be {what}, "
                           f"got {value!r:.60}")
     return value
@@ -129,9 +129,21 @@ def builtin_kinds(ctx: KindContext) -> dict[str, KindHandler]:
 
 
 def plugin_kinds(ctx: KindContext, group: str = ENTRY_POINT_GROUP) -> dict[str, KindHandler]:
-    """Kinds from installed packages; one that does not load is logged and left out."""
+    """Kinds from installed packages; one that does not load is logged and left out, and
+    none replaces a built-in kind.
+
+    Called when a kind that is not built in first turns up, not at start:
+    scanning the installed distributions costs time and (importlib.metadata)
+    memory that a device running only the built-in kinds never needs.
+    """
+    from importlib.metadata import entry_points
+
     kinds: dict[str, KindHandler] = {}
     for point in entry_points(group=group):
+        if point.name in BUILTIN_KINDS:
+            log.error("task kind %r from %s ignored: the built-in kind keeps it", point.name,
+                      point.value)
+            continue
         try:
             handler = point.load()(ctx)
             if not callable(handler):
@@ -143,14 +155,3 @@ def plugin_kinds(ctx: KindContext, group: str = ENTRY_POINT_GROUP) -> dict[str, 
     return kinds
 
 
-def task_kinds(ctx: KindContext, *, plugins: bool = True) -> Mapping[str, KindHandler]:
-    """Every kind this device runs: the built-in ones, then plugins (which cannot replace
-    a built-in kind)."""
-    kinds = builtin_kinds(ctx)
-    if plugins:
-        for name, handler in plugin_kinds(ctx).items():
-            if name in kinds:
-                log.error("task kind %r from a plugin ignored: the built-in kind keeps it", name)
-                continue
-            kinds[name] = handler
-    return kinds

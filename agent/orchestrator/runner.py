@@ -95,6 +95,11 @@ class TaskRunner:
             run.cancel()
         await asyncio.gather(*running, return_exceptions=True)
 
+    def add_handlers(self, handlers: Mapping[str, Handler]) -> None:
+        """Run tasks of these kinds too (kinds a plugin brought once it loaded)."""
+        self._handlers.update(handlers)
+        self._wake.set()
+
     def notify(self) -> None:
         """Wake the dispatch loop now: call after submitting work."""
         self._wake.set()

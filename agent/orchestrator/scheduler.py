@@ -66,10 +66,12 @@ class Scheduler:
 
     def __init__(self, queue: TaskQueue, kinds: Mapping[str, KindHandler], *, device_id: str,
                  nodes: Callable[[], Iterable[NodeView]], thresholds: Callable[[], Thresholds],
-                 dispatch: Dispatch | None, now_ms: Callable[[], int], concurrency: int = 8,
-                 lease_s: float = 30.0, poll_s: float = 1.0):
+                 dispatch: Dispatch | None, now_ms: Callable[[], int],
+                 plugins: Callable[[], Mapping[str, KindHandler]] | None = None,
+                 concurrency: int = 8, lease_s: float = 30.0, poll_s: float = 1.0):
         self.queue = queue
         self.kinds = dict(kinds)
+        self._plugins = plugins
         self.device_id = device_id
         self._nodes = nodes
         self._thresholds = thresholds
@@ -94,7 +96,17 @@ class Scheduler:
         await self.runner.stop()
 
     def submit(self, work: TaskSpec | Plan) -> list[str]:
-        """Queue a task or a plan (committed when this returns); the task ids."""
+        """Queue a task or a plan (committed when this returns); the task ids.
+
+        A kind this device does not run is refused (``TaskInvalid``): it could
+        never be leased here, so it would wait in the queue for good.
+        """
+        specs = work.tasks if isinstance(work, Plan) else (work,)
+        unknown = sorted({spec.kind for spec in specs if not self.knows(spec.kind)})
+        if unknown:
+            raise TaskInvalid(f"{self.device_id} runs no task kind {', '.join(unknown)}; it "
+                              f"runs {', '.join(sorted(self.kinds))} (more come from packages "
+                              "with igris.task_kinds entry points)")
         ids = self.queue.submit(work)
         self.runner.notify()
         return ids
@@ -104,6 +116,16 @@ class Scheduler:
         cancelled = self.queue.cancel(task_id)
         self.runner.notify()
         return cancelled
+
+    def knows(self, kind: str) -> bool:
+        """Whether this device runs ``kind``; the first kind not built in loads the plugins."""
+        if kind not in self.kinds and self._plugins is not None:
+            loaded = {name: handler for name, handler in self._plugins().items()
+                      if name not in self.kinds}
+            self._plugins = None
+            self.kinds.update(loaded)
+            self.runner.add_handlers(dict.fromkeys(loaded, self._run))
+        return kind in self.kinds
 
     def decide(self, spec: TaskSpec) -> Decision:
         """Where ``spec`` would run now, and why the other nodes would not do."""
@@ -165,7 +187,7 @@ class Scheduler:
                 spec = TaskSpec.from_dict(call.args["task"])
             except TaskInvalid as exc:
                 raise CommandRefused("bad_args", str(exc)) from None
-            handler = self.kinds.get(spec.kind)
+            handler = self.kinds.get(spec.kind) if self.knows(spec.kind) else None
             if handler is None:
                 raise CommandRefused("unknown_kind", f"{self.device_id} runs no task kind "
                                                      f"{spec.kind!r} (it has {sorted(self.kinds)})")

@@ -10,10 +10,13 @@ logged as an error) until an operator looks::
     supervisor = Supervisor([ChildSpec("streamer", ("/usr/bin/streamer", "--port", "8554"))])
     await supervisor.start()
     supervisor.status()["streamer"].state     # "running"
+    await supervisor.apply([...])             # reconcile to a new list (a new policy)
     await supervisor.stop()                   # SIGTERM, then SIGKILL after stop_timeout_s
 
 Children run through ``asyncio.create_subprocess_exec`` on the agent's loop
-(no threads); their output goes where the agent's goes (the journal).
+(no threads); their output goes where the agent's goes (the journal). The
+agent takes its children from the policy's ``services`` section
+(:func:`service_specs`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -29,14 +33,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import ConfigInvalid
+from agent.suggest import close_match
 
 log = logging.getLogger(__name__)
+
+Recorder = Callable[[str, dict[str, Any]], object]
 
 RESTART_POLICIES = ("always", "on-failure", "never")
 RUNNING = "running"
 BACKOFF = "backoff"
 STOPPED = "stopped"
 CRASH_LOOP = "crash-loop"
+MAX_STOP_TIMEOUT_S = 60.0
+"""The longest a child may take to stop: the agent's own stop waits for it, and systemd's
+default ``TimeoutStopSec`` (90 s) must not kill the agent first."""
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_NUMBER_KEYS = ("backoff_s", "max_backoff_s", "crash_window_s", "stop_timeout_s")
+SERVICE_KEYS = ("argv", "restart", *_NUMBER_KEYS, "crash_loop", "groups", "help")
+SERVICE_EXAMPLE = ('{"camera": {"argv": ["/usr/bin/streamer", "--port", "8554"], '
+                   '"restart": "always"}}')
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,21 +76,28 @@ class ChildSpec:
     stop_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        where = f"child {self.name!r}"
-        if not self.name:
-            raise ConfigInvalid("a supervised child needs a name")
+        # The fields may come from a policy (JSON), so types are checked, not assumed.
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ConfigInvalid(f"a service name is 1-64 letters, digits, '.', '_' or '-', "
+                                f"got {self.name!r:.70}")
+        where = f"service {self.name!r}"
         if isinstance(self.argv, str) or not self.argv or not all(
-                isinstance(a, str) for a in self.argv):
-            raise ConfigInvalid(f"{where}: argv must be a non-empty list of strings, "
-                                f"got {self.argv!r:.60}")
+                isinstance(a, str) and "\0" not in a for a in self.argv):
+            raise ConfigInvalid(f"{where}: argv must be a non-empty list of strings (no NUL "
+                                f"characters), got {self.argv!r:.60}")
         if self.restart not in RESTART_POLICIES:
             raise ConfigInvalid(f"{where}: restart must be one of {', '.join(RESTART_POLICIES)},"
                                 f" got {self.restart!r}")
-        for key in ("backoff_s", "max_backoff_s", "crash_window_s", "stop_timeout_s"):
-            if not getattr(self, key) > 0:
-                raise ConfigInvalid(f"{where}: {key} must be above 0, got {getattr(self, key)!r}")
-        if self.crash_loop < 1:
-            raise ConfigInvalid(f"{where}: crash_loop must be at least 1, got {self.crash_loop!r}")
+        for key in _NUMBER_KEYS:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigInvalid(f"{where}: {key} must be a number above 0, got {value!r}")
+        if self.stop_timeout_s > MAX_STOP_TIMEOUT_S:
+            raise ConfigInvalid(f"{where}: stop_timeout_s must be at most "
+                                f"{MAX_STOP_TIMEOUT_S:g}, got {self.stop_timeout_s!r}")
+        if type(self.crash_loop) is not int or self.crash_loop < 1:
+            raise ConfigInvalid(f"{where}: crash_loop must be an integer of at least 1, "
+                                f"got {self.crash_loop!r}")
         object.__setattr__(self, "argv", tuple(self.argv))  # frozen means frozen: no list
 
     def restarts_after(self, exit_code: int | None) -> bool:
@@ -102,7 +124,7 @@ class ChildStatus:
                 "next_start": self.next_start}
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # a mutable record: compared by identity
 class _Child:
     spec: ChildSpec
     state: str = STOPPED
@@ -113,6 +135,8 @@ class _Child:
     attempt: int = 0  # the exponent of the next backoff
     exits: deque[float] = field(default_factory=deque)  # clock times of recent exits
     task: asyncio.Task[None] | None = None
+    stopping: bool = False  # its task was cancelled once: a second cancel would cut
+    # its SIGTERM/SIGKILL sequence short
 
 
 class Supervisor:
@@ -120,26 +144,33 @@ class Supervisor:
 
     ``clock`` (monotonic seconds) times uptimes and the crash window,
     ``sleep`` waits out a backoff and ``rand`` (0..1) jitters it; tests
-    inject them.
+    inject them. ``record(kind, body)`` (the agent's ledger) gets one
+    ``service`` entry when a child is given up on as a crash loop.
     """
 
     def __init__(
         self,
-        specs: Iterable[ChildSpec],
+        specs: Iterable[ChildSpec] = (),
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        record: Recorder | None = None,
     ):
-        self._children: dict[str, _Child] = {}
-        for spec in specs:
-            if spec.name in self._children:
-                raise ConfigInvalid(f"two supervised children are named {spec.name!r}; "
-                                    "give each its own name")
-            self._children[spec.name] = _Child(spec)
+        self._children = {name: _Child(spec) for name, spec in _by_name(specs).items()}
         self._clock = clock
         self._sleep = sleep
         self._rand = rand
+        self._record = record
+        # start, stop and apply each change the set of children across awaits; one at a
+        # time, in call order (the lock is FIFO), so the last policy applied wins.
+        self._lock = asyncio.Lock()
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        """Between start() and stop(): children are kept up (else apply() only records)."""
+        return self._running
 
     def status(self) -> dict[str, ChildStatus]:
         """Each child's state, pid, restart count, last exit code and next start."""
@@ -153,21 +184,62 @@ class Supervisor:
 
     async def start(self) -> None:
         """Start every child; returns once each has been spawned (or failed to be)."""
+        self._running = True  # now, so an apply() queued behind us starts what it adds
+        async with self._lock:
+            await self._spawn_idle()
+
+    async def stop(self) -> None:
+        """Stop every child at once: SIGTERM, then SIGKILL after its ``stop_timeout_s``."""
+        self._running = False
+        async with self._lock:
+            await self._halt(list(self._children.values()))
+
+    async def apply(self, specs: Iterable[ChildSpec]) -> None:
+        """Make ``specs`` the children: start new ones, stop those no longer listed,
+        restart those whose spec changed, and leave the rest running with their counters.
+
+        Before start() (or after stop()) it only records the list, for start().
+        Raises :class:`ConfigInvalid` (changing nothing) if two specs share a name.
+        """
+        wanted = _by_name(specs)
+        async with self._lock:
+            current = self._children
+            outdated = [c for name, c in current.items()
+                        if wanted.get(name) != c.spec or c.stopping]
+            await self._halt(outdated)
+            for child in outdated:
+                log.info("child %s %s", child.spec.name,
+                         "changed: restarting it" if child.spec.name in wanted else "removed")
+            self._children = {
+                name: current[name] if name in current and current[name] not in outdated
+                else _Child(spec) for name, spec in wanted.items()}
+            if self._running:
+                await self._spawn_idle()
+
+    async def _spawn_idle(self) -> None:
+        """Start each child that has never been started (or was stopped by us)."""
         for name, child in self._children.items():
             if child.task is None:
                 spawned = asyncio.get_running_loop().create_future()
                 child.task = asyncio.create_task(self._supervise(child, spawned),
                                                  name=f"igris.supervisor[{name}]")
-                await spawned
+                # The task sets ``spawned`` once the process exists (or could not be made);
+                # waiting on the task too means a task that never ran cannot hang us.
+                await asyncio.wait((spawned, child.task), return_when=asyncio.FIRST_COMPLETED)
 
-    async def stop(self) -> None:
-        """Stop every child at once: SIGTERM, then SIGKILL after its ``stop_timeout_s``."""
-        tasks = [c.task for c in self._children.values() if c.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for child in self._children.values():
-            child.task = None
+    async def _halt(self, children: Sequence[_Child]) -> None:
+        """Stop ``children`` together; each can be started again afterwards."""
+        for child in children:
+            if child.task is not None and not child.stopping:
+                child.stopping = True
+                child.task.cancel()
+        tasks = [c.task for c in children if c.task is not None]
+        if tasks:
+            # asyncio.wait, not gather: if *we* are cancelled (the agent stopping during an
+            # apply), the children still finish terminating, and stop() waits for them.
+            await asyncio.wait(tasks)
+        for child in children:
+            child.task, child.stopping = None, False
 
     async def _supervise(self, child: _Child, spawned: asyncio.Future[None]) -> None:
         spec = child.spec
@@ -183,10 +255,7 @@ class Supervisor:
                     return
                 delay = self._backoff(child, started, now)
                 if delay is None:
-                    child.state = CRASH_LOOP
-                    log.error("child %s exited %d times within %g s (last exit %s): "
-                              "crash loop, not restarted", spec.name, len(child.exits),
-                              spec.crash_window_s, code)
+                    self._give_up(child, code)
                     return
                 child.state, child.next_start = BACKOFF, now + delay
                 log.warning("child %s exited with %s; restart in %.2f s",
@@ -218,6 +287,16 @@ class Supervisor:
         child.last_exit = code
         return code
 
+    def _give_up(self, child: _Child, code: int | None) -> None:
+        spec = child.spec
+        child.state = CRASH_LOOP
+        log.error("child %s exited %d times within %g s (last exit %s): crash loop, not "
+                  "restarted", spec.name, len(child.exits), spec.crash_window_s, code)
+        if self._record is not None:
+            self._record("service", {"name": spec.name, "state": CRASH_LOOP,
+                                     "exits": len(child.exits),
+                                     "window_s": spec.crash_window_s, "last_exit": code})
+
     def _backoff(self, child: _Child, started: float, now: float) -> float | None:
         """The delay before the next start, or None if the child is in a crash loop."""
         spec = child.spec
@@ -247,3 +326,48 @@ class Supervisor:
                 proc.kill()
             await proc.wait()
         child.last_exit = proc.returncode
+
+
+def _by_name(specs: Iterable[ChildSpec]) -> dict[str, ChildSpec]:
+    by_name: dict[str, ChildSpec] = {}
+    for spec in specs:
+        if spec.name in by_name:
+            raise ConfigInvalid(f"two supervised children are named {spec.name!r}; "
+                                "give each its own name")
+        by_name[spec.name] = spec
+    return by_name
+
+
+def service_specs(section: Mapping[str, Any], groups: Iterable[str] | None = None
+                  ) -> list[ChildSpec]:
+    """The children a policy's ``services`` section asks of a device in ``groups``.
+
+    A service with ``groups`` runs only on devices in at least one of them;
+    ``groups=None`` keeps every service (the policy schema checks them all
+    this way). Raises :class:`ConfigInvalid` naming the service and key::
+
+        service_specs({"cam": {"argv": ["streamer"], "groups": ["kitchen"]}}, ["kitchen"])
+    """
+    mine = None if groups is None else set(groups)
+    specs = []
+    for name, entry in section.items():
+        if not isinstance(entry, Mapping) or "argv" not in entry:
+            raise ConfigInvalid(f"service {name!r}: expected an object with at least argv, like "
+                                f"{SERVICE_EXAMPLE}, got {entry!r:.60}")
+        for key in entry:
+            if key not in SERVICE_KEYS:
+                close = close_match(key, SERVICE_KEYS)
+                hint = f"did you mean {close!r}?" if close else "known: " + ", ".join(
+                    SERVICE_KEYS)
+                raise ConfigInvalid(f"service {name!r}: unknown key {key!r}; {hint}")
+        wanted = entry.get("groups", [])
+        if not (isinstance(wanted, list) and all(isinstance(g, str) and g for g in wanted)):
+            raise ConfigInvalid(f"service {name!r}: groups must be a list of group names, "
+                                f"got {wanted!r:.60}")
+        if not isinstance(entry.get("help", ""), str):
+            raise ConfigInvalid(f"service {name!r}: help must be a string, "
+                                f"got {entry['help']!r:.60}")
+        spec = ChildSpec(name, **{k: v for k, v in entry.items() if k not in ("groups", "help")})
+        if mine is None or not wanted or mine & set(wanted):
+            specs.append(spec)
+    return specs

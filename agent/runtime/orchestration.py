@@ -19,7 +19,7 @@ from agent.errors import TaskInvalid
 from agent.identity.certificate import Certificate
 from agent.memory import MemoryStore
 from agent.mesh import Membership, PolicySync
-from agent.orchestrator.kinds import KindContext, task_kinds
+from agent.orchestrator.kinds import KindContext, builtin_kinds, plugin_kinds
 from agent.orchestrator.models import Plan, TaskSpec
 from agent.orchestrator.placement import NodeView, Thresholds
 from agent.orchestrator.queue import TaskQueue
@@ -46,15 +46,15 @@ class Orchestration:
         self._remote = remote
         self._planner: Any = None
         self.queue = TaskQueue(db, now_ms=now_ms)
-        kinds = task_kinds(KindContext(
+        context = KindContext(
             device_id=self.device_id, infer=infer, sample=sample, memory=memory,
-            run_command=lambda name, args: commands.execute_local(name, args, by="task")))
+            run_command=lambda name, args: commands.execute_local(name, args, by="task"))
         dispatches = certificate.role in DISPATCH_ROLES
         self.scheduler = Scheduler(
-            self.queue, kinds, device_id=self.device_id, nodes=self.nodes,
+            self.queue, builtin_kinds(context), device_id=self.device_id, nodes=self.nodes,
             thresholds=lambda: Thresholds.from_policy(policy.section("orchestration")),
             dispatch=bus.request_one if dispatches else None, now_ms=now_ms,
-            concurrency=8 if dispatches else 2)
+            plugins=lambda: plugin_kinds(context), concurrency=8 if dispatches else 2)
 
     def nodes(self) -> list[NodeView]:
         """This device, then every peer membership knows (placement filters the dead)."""

@@ -35,6 +35,7 @@ from agent.identity import SignedChannel, TrustStore
 from agent.memory import MemoryStore, PoolKeys, PoolSharing
 from agent.memory.sync import MemorySync, bus_requester
 from agent.mesh import Membership, PolicySync, Presence, resolve_scope
+from agent.orchestrator.supervisor import Supervisor, service_specs
 from agent.orchestrator.watchdog import LoopWatchdog
 from agent.runtime.bootstrap import load_or_enroll_dev
 from agent.runtime.orchestration import Orchestration
@@ -156,7 +157,7 @@ class Runtime:
             dead_after_s=membership["dead_after_s"], now_ms=now_ms,
             is_blocked=self.blocklist.is_blocked,
         )
-        self.policy.add_listener(self._apply_policy)
+        self._follow_policy()
         self.checkpoints = Checkpoints(self.ledger, self.channel, self.topics, self.db,
                                        now_ms=now_ms)
         self.outputs = GpioOutputs(self.profile.gpio.outputs, pin_factory=pin_factory)
@@ -167,6 +168,12 @@ class Runtime:
             extra=self.memsync.heartbeat,
         )
         self.control = self._build_control(socket_path)
+
+    def _follow_policy(self) -> None:
+        """Apply the policy in force now and each one accepted later; the supervisor of the
+        policy's services comes first, as applying a policy hands it that policy's list."""
+        self.supervisor = Supervisor(record=self.ledger.append)
+        self.policy.add_listener(self._apply_policy)
 
     def _build_control(self, socket_path: Path) -> ControlServer:
         return ControlServer(socket_path, {
@@ -217,8 +224,10 @@ class Runtime:
         await self.bus.start()
         await self.presence.start()
         await self.orchestration.scheduler.start()
-        self.booting = False
+        self.booting = False  # from here on each new policy re-applies the services
         self._refresh_led()
+        await self.supervisor.apply(self._services())
+        await self.supervisor.start()
         self._spawn(self._sample_health(), "igris.health")
         self._spawn(self._audit(), "igris.audit")
         self._spawn(self._verify_ledger(), "igris.ledger.verify")
@@ -241,6 +250,7 @@ class Runtime:
             await self.orchestration.scheduler.stop()
             await self.presence.stop()
         finally:
+            await self.supervisor.stop()
             await self.memsync.stop()
             await self.bus.stop()
             await self.plain.stop()
@@ -348,6 +358,12 @@ class Runtime:
             self.trust.set_anchors(anchors)
             if not self.booting:  # started: peers dropped before may verify now
                 self._spawn(self.membership.rediscover(), "igris.membership.rediscover")
+        if not self.booting:  # start() hands the supervisor its first list itself
+            self._spawn(self.supervisor.apply(self._services()), "igris.services.apply")
+
+    def _services(self) -> list[Any]:
+        """The policy's services for this device's groups."""
+        return service_specs(self.policy.section("services"), self.identity.certificate.groups)
 
     def _on_connection(self, connected: bool) -> None:
         if self.config.mqtt.broker:
@@ -442,6 +458,8 @@ class Runtime:
             "memory": {"pools": len(self.memory.pools()), "sharing": self.sharing.counters(),
                        "sync": dict(self.memsync.counters)},
             "orchestrator": self.orchestration.stats(),
+            "services": {name: child.to_dict()
+                         for name, child in self.supervisor.status().items()},
             "ledger": {"size": len(self.ledger), "verified": self.ledger_check,
                        "checkpoint_flags": self.checkpoints.flags()},
             "heartbeats_sent": self.presence.heartbeats_sent,

@@ -21,7 +21,7 @@ from agent.device.gpio_outputs import GpioOutputs
 from agent.errors import NoGpioWarning, TaskFailed
 from agent.identity import FleetCa, Identity, enroll
 from agent.orchestrator import Plan, TaskQueue, TaskSpec
-from agent.orchestrator.kinds import KindContext, task_kinds
+from agent.orchestrator.kinds import KindContext, builtin_kinds
 from agent.orchestrator.placement import NodeView, Thresholds
 from agent.orchestrator.scheduler import TASK_RUN, Scheduler
 from agent.transport import InprocBroker
@@ -60,10 +60,9 @@ class TaskNode(Node):
         async def no_models(_request):
             raise TaskFailed("this harness runs no models")
 
-        kinds = task_kinds(KindContext(
+        kinds = builtin_kinds(KindContext(
             device_id=ident.device_id, infer=no_models, sample=self.sample, memory=self.store,
-            run_command=lambda name, args: self.server.execute_local(name, args, by="task")),
-            plugins=False)
+            run_command=lambda name, args: self.server.execute_local(name, args, by="task")))
         self.views = views
         self.stopped = False
         self.scheduler = Scheduler(
