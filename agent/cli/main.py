@@ -20,7 +20,7 @@ COMMANDS: dict[str, str] = {
     "policy": "policy_cmd", "ledger": "ledger_cmd", "block": "block_cmd", "mem": "mem_cmd",
     "task": "task_cmd", "plan": "plan_cmd", "ca": "identity_cmd", "enroll": "identity_cmd",
     "keys": "identity_cmd", "led": "led_cmd", "infer": "ai_cmd", "route": "ai_cmd",
-    "bench": "bench_cmd", "version": "version_cmd",
+    "bench": "bench_cmd", "update": "update_cmd", "version": "version_cmd",
 }
 """Each top-level command and the module (in ``agent.cli``) that registers it."""
 

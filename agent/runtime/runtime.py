@@ -39,6 +39,7 @@ from agent.orchestrator.supervisor import Supervisor, service_specs
 from agent.orchestrator.watchdog import LoopWatchdog
 from agent.runtime.bootstrap import load_or_enroll_dev
 from agent.runtime.orchestration import Orchestration
+from agent.runtime.ota import HEARTBEATS_TO_CONFIRM, OtaGuard, slot_of_this_agent
 from agent.runtime.sdnotify import SystemdNotifier
 from agent.security_mesh import (
     AuthFailureTally,
@@ -185,6 +186,7 @@ class Runtime:
             "led.test": self._rpc_led_test,
             "mem.share": self._rpc_mem_share,
             "mem.unshare": self._rpc_mem_unshare,
+            "restart": self._rpc_restart,
             **self.orchestration.methods(),
         })
 
@@ -228,6 +230,7 @@ class Runtime:
         self._refresh_led()
         await self.supervisor.apply(self._services())
         await self.supervisor.start()
+        await self.ota.start()
         self._spawn(self._sample_health(), "igris.health")
         self._spawn(self._audit(), "igris.audit")
         self._spawn(self._verify_ledger(), "igris.ledger.verify")
@@ -250,6 +253,7 @@ class Runtime:
             await self.orchestration.scheduler.stop()
             await self.presence.stop()
         finally:
+            await self.ota.stop()
             await self.supervisor.stop()
             await self.memsync.stop()
             await self.bus.stop()
@@ -297,6 +301,11 @@ class Runtime:
             infer=self.ai.infer, sample=self._sample_now, health=self._health_summary,
             remote=self.remote, now_ms=self._now_ms)
         self.registry.add(self.orchestration.scheduler.run_command())
+        self.ota = OtaGuard(healthy=self._healthy_for_ota, record=self.ledger.append,
+                            restart=self.request_restart, now_ms=self._now_ms,
+                            ca_public=self.identity.ca_public, target=self.profile.name,
+                            where=slot_of_this_agent())
+        self.registry.add(self.ota.command())
 
     def _build_ai(self) -> AiService:
         settings = self.config.ai
@@ -460,6 +469,7 @@ class Runtime:
             "orchestrator": self.orchestration.stats(),
             "services": {name: child.to_dict()
                          for name, child in self.supervisor.status().items()},
+            "ota": self.ota.status(),
             "ledger": {"size": len(self.ledger), "verified": self.ledger_check,
                        "checkpoint_flags": self.checkpoints.flags()},
             "heartbeats_sent": self.presence.heartbeats_sent,
@@ -497,6 +507,16 @@ class Runtime:
         shown = [state.value async for state in self.led.cycle(dwell)]
         self._refresh_led()
         return shown
+
+    async def _rpc_restart(self, _params: dict[str, Any]) -> dict[str, Any]:
+        self.request_restart()
+        return {"restarting": True}
+
+    def _healthy_for_ota(self) -> bool:
+        """Up as an update must prove: the broker connected (when there is one), birth and
+        heartbeats out."""
+        return ((not self.config.mqtt.broker or self.transport.connected)
+                and self.presence.heartbeats_sent >= HEARTBEATS_TO_CONFIRM)
 
     async def _rpc_mem_share(self, params: dict[str, Any]) -> dict[str, Any]:
         devices = params.get("devices", [])
