@@ -210,3 +210,40 @@ def test_a_kill_9_at_any_step_of_an_apply_leaves_a_device_that_starts(device, st
     assert state["current"] == ("b" if switched else "a")
     if switched:
         wait_outcome(agent, "confirmed")
+
+
+def test_ota_apply_through_the_bus_updates_three_agents_on_mosquitto(agent_wheel, broker,
+                                                                      tmp_path):
+    base = short_root("otafleet")
+    ca = FleetCa.init(base / "ca", "lab")
+    enroll(base / "ops", ca, "alice", now_ms=wall_ms(), role="operator")
+    wheel = rewheel(agent_wheel, "0.1.0", base)
+    agents = {}
+    try:
+        for name in ("n1", "n2", "n3"):
+            enroll(base / name, ca, name, now_ms=wall_ms(), groups=("east",))
+            slots.init(base / f"slots-{name}", wheel, version="0.1.0", now_ms=wall_ms())
+            agents[name] = SlotAgent(base / f"slots-{name}", base / name, "--broker",
+                                     broker.url, env=FAST).start()
+        for agent in agents.values():
+            wait_version(agent, "0.1.0")
+            agent.wait_peers({n: "alive" for n in agents if n != agent.root.name})
+        bundle = base / "igris-0.2.0.tar"
+        build_bundle(bundle, signer=Identity.load(base / "ops"), version="0.2.0",
+                     wheel=rewheel(agent_wheel, "0.2.0", tmp_path), now_ms=wall_ms())
+        digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
+        began = time.monotonic()
+        done = run_cli("cmd", "group:east", "ota.apply", f"url=file://{bundle}",
+                       f'sha256="{digest}"', "--root", str(base / "ops"), "--broker",
+                       broker.url, "--timeout", "60", "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        replies = json.loads(done.stdout)["replies"]
+        assert {dev: r["result"]["version"] for dev, r in replies.items()} == {
+            "n1": "0.2.0", "n2": "0.2.0", "n3": "0.2.0"}
+        for agent in agents.values():
+            wait_version(agent, "0.2.0")
+            assert wait_outcome(agent, "confirmed")["version"] == "0.2.0"
+        print(f"ota.apply to 3 agents -> all confirmed: {time.monotonic() - began:.2f} s")
+    finally:
+        for agent in agents.values():
+            agent.close()

@@ -12,6 +12,8 @@ limit, and stops it on SIGTERM. Run as a script::
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -65,10 +67,21 @@ class SlotAgent(AgentProcess):
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, __file__, str(self.base), "--root", str(self.root), *self.args],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
         )
         log.close()
         return self
+
+    def kill(self) -> None:
+        """SIGKILL the runner and the agent it started (one process group)."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.kill()
 
 
 if __name__ == "__main__":
