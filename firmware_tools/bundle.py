@@ -154,7 +154,8 @@ def _open_tar(bundle: Path) -> tarfile.TarFile:
         raise BundleRejected("not-a-bundle", f"{str(bundle)!r} is not a tar file: {exc}") from None
 
 
-def _check_wheel(wheel: Path, version: str) -> None:
+def wheel_version(wheel: Path) -> str:
+    """The version in a wheel's file name (PEP 427), checked to exist and be ``X.Y.Z``."""
     match = _WHEEL_NAME.fullmatch(wheel.name)
     if match is None:
         raise ConfigInvalid(
@@ -163,9 +164,15 @@ def _check_wheel(wheel: Path, version: str) -> None:
         )
     if not wheel.is_file():
         raise ConfigInvalid(f"--wheel {str(wheel)!r} does not exist")
-    if match["version"] != version:
+    parse_version(match["version"], f"the version of {wheel.name}")
+    return match["version"]
+
+
+def _check_wheel(wheel: Path, version: str) -> None:
+    found = wheel_version(wheel)
+    if found != version:
         raise ConfigInvalid(
-            f"--version {version!r} differs from the wheel's version {match['version']!r} "
+            f"--version {version!r} differs from the wheel's version {found!r} "
             f"({wheel.name}); a device would report the wheel's"
         )
 

@@ -19,7 +19,8 @@ from agent.config import default_root
 from agent.errors import IgrisError
 from agent.identity import FleetCa, Identity, read_public_key
 from agent.identity.layout import RootLayout
-from firmware_tools.bundle import build_bundle, verify_bundle
+from firmware_tools import micropython
+from firmware_tools.bundle import build_bundle, verify_bundle, wheel_version
 from firmware_tools.errors import BundleRejected
 from firmware_tools.firstboot import DEFAULT_DEVICE_PATHS, DevicePaths
 from firmware_tools.image import MqttTls, prepare_image
@@ -37,6 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
     bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True, metavar="COMMAND")
     _register_build(bundle_sub)
     _register_verify(bundle_sub)
+    slot = sub.add_parser("slots", help="A/B slots on a device (first install)",
+                          description="A/B slots on a device (see docs/firmware.md)")
+    slot_sub = slot.add_subparsers(dest="slots_command", required=True, metavar="COMMAND")
+    init = slot_sub.add_parser(
+        "init", help="install the first agent wheel into slot a and point current at it",
+        description="make BASE/slots/a from the wheel, point BASE/current at it and write the "
+                    "boot check; later versions come as bundles (igris update apply)")
+    init.add_argument("--base", type=Path, required=True, help="where the slots go")
+    init.add_argument("--wheel", type=Path, required=True, help="the agent wheel")
+    init.add_argument("--deps", type=Path,
+                      help="site-packages holding the agent's dependencies (default: this "
+                           "interpreter's)")
+    add_json_flag(init)
+    init.set_defaults(func=slots_init)
+    micropython.register(sub)
     image = sub.add_parser("image", help="prepare a boot partition for first boot",
                            description="prepare a boot partition for first boot")
     image_sub = image.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
@@ -114,6 +130,17 @@ def _register_prepare(sub: argparse._SubParsersAction) -> None:
                            "there")
     add_json_flag(prep)
     prep.set_defaults(func=image_prepare)
+
+
+def slots_init(args: argparse.Namespace) -> int:
+    from firmware_tools import slots
+
+    version = wheel_version(args.wheel)
+    current = slots.init(args.base.absolute(), args.wheel, version=version,
+                         deps=args.deps.absolute() if args.deps else None, now_ms=wall_ms())
+    emit({"base": str(args.base), "current": str(current), "version": version,
+          "python": str(slots.python_of(args.base.absolute()))}, as_json=args.json)
+    return 0
 
 
 def bundle_build(args: argparse.Namespace) -> int:

@@ -20,7 +20,9 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "agent/profiles/pi-zero-2w.toml" in names
     assert {"agent/policy_default/policy.json", "agent/policy_default/plans.json",
-            "agent/orchestrator/scheduler.py"} <= set(names)
+            "agent/orchestrator/scheduler.py", "agent/gateway/gateway.py",
+            "agent/profiles/micropython/lite_agent.py", "firmware_tools/slots.py",
+            "firmware_tools/otacheck.py"} <= set(names)
     assert {"agent/models/models.json", "agent/models/holdout.json",
             "agent/models/digits-mlp.tflite", "agent/models/digits-cnn.tflite"} <= set(names)
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)

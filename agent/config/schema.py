@@ -131,6 +131,11 @@ class AiSettings:
     api_key_env: str = DEFAULT_API_KEY_ENV
 
 
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    lite_dir: str = ""  # "" = not a gateway; else lite records (relative: under the root)
+
+
 _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("agent", "device_id"): _name_or_empty,
     ("agent", "fleet"): _name_or_empty,
@@ -164,6 +169,7 @@ class Config:
     mesh: MeshSettings = MeshSettings()
     limits: LimitSettings = LimitSettings()
     ai: AiSettings = AiSettings()
+    gateway: GatewaySettings = GatewaySettings()
 
     def to_dict(self, *, mask_secrets: bool = True) -> dict[str, dict[str, Any]]:
         """Plain dict of every setting (what ``config.get`` and docs show)."""
@@ -185,6 +191,7 @@ _SECTION_TYPES = {
     "mesh": MeshSettings,
     "limits": LimitSettings,
     "ai": AiSettings,
+    "gateway": GatewaySettings,
 }
 
 

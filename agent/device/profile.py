@@ -123,7 +123,7 @@ class TargetProfile:
 
 def available_profiles() -> tuple[str, ...]:
     """Names of the profiles that ship with Igris, sorted."""
-    root = _shipped_profiles()
+    root = shipped_profiles()
     if not root.is_dir():
         return ()
     return tuple(
@@ -144,7 +144,7 @@ def load_profile(name: str) -> TargetProfile:
             f"no target profile named {name!r}; shipped profiles: {shipped} "
             "(or load a custom profile from its file)"
         )
-    resource = _shipped_profiles() / f"{name}.toml"
+    resource = shipped_profiles() / f"{name}.toml"
     profile = _parse(resource.read_bytes(), str(resource))
     if profile.name != name:
         raise ConfigInvalid(
@@ -162,7 +162,7 @@ def load_profile_file(path: str | Path) -> TargetProfile:
     return _parse(data, str(path))
 
 
-def _shipped_profiles() -> Traversable:
+def shipped_profiles() -> Traversable:
     try:
         return importlib.resources.files("agent.profiles")
     except ModuleNotFoundError:

@@ -31,6 +31,7 @@ from agent.device import HealthLed, HealthMonitor, HealthReport, led_state_for, 
 from agent.device.gpio_outputs import GpioOutputs
 from agent.device.pins import make_pin_factory
 from agent.errors import ConfigInvalid, MemoryStoreError
+from agent.gateway import Gateway, LiteKeyring, LiteTopics
 from agent.identity import SignedChannel, TrustStore
 from agent.memory import MemoryStore, PoolKeys, PoolSharing
 from agent.memory.sync import MemorySync, bus_requester
@@ -225,6 +226,8 @@ class Runtime:
         await self.plain.start()
         await self.bus.start()
         await self.presence.start()
+        if self.gateway is not None:
+            await self.gateway.start()
         await self.orchestration.scheduler.start()
         self.booting = False  # from here on each new policy re-applies the services
         self._refresh_led()
@@ -255,6 +258,8 @@ class Runtime:
         finally:
             await self.ota.stop()
             await self.supervisor.stop()
+            if self.gateway is not None:
+                await self.gateway.stop()
             await self.memsync.stop()
             await self.bus.stop()
             await self.plain.stop()
@@ -301,6 +306,14 @@ class Runtime:
             infer=self.ai.infer, sample=self._sample_now, health=self._health_summary,
             remote=self.remote, now_ms=self._now_ms)
         self.registry.add(self.orchestration.scheduler.run_command())
+        self.gateway: Gateway | None = None
+        if self.config.gateway.lite_dir:  # a gateway for lite devices (docs/lite.md)
+            self.gateway = Gateway(
+                self.channel, LiteTopics(self.topics),
+                LiteKeyring(self.root / self.config.gateway.lite_dir), now_ms=self._now_ms,
+                on_drop=self.auth_failures.add)
+            for spec in self.gateway.commands():
+                self.registry.add(spec)
         self.ota = OtaGuard(healthy=self._healthy_for_ota, record=self.ledger.append,
                             restart=self.request_restart, now_ms=self._now_ms,
                             ca_public=self.identity.ca_public, target=self.profile.name,
@@ -467,6 +480,7 @@ class Runtime:
             "memory": {"pools": len(self.memory.pools()), "sharing": self.sharing.counters(),
                        "sync": dict(self.memsync.counters)},
             "orchestrator": self.orchestration.stats(),
+            "gateway": self.gateway.stats() if self.gateway is not None else None,
             "services": {name: child.to_dict()
                          for name, child in self.supervisor.status().items()},
             "ota": self.ota.status(),
@@ -488,6 +502,8 @@ class Runtime:
             "scope": self.membership.scope,
             "counts": self.membership.counts(),
             "peers": [peer.to_dict() for peer in self.membership.peers()],
+            "lite": [peer.to_dict() for peer in self.gateway.peers.peers()]
+            if self.gateway is not None else [],
         }
 
     async def _rpc_peers(self, _params: dict[str, Any]) -> dict[str, Any]:

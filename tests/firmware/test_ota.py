@@ -247,3 +247,17 @@ def test_ota_apply_through_the_bus_updates_three_agents_on_mosquitto(agent_wheel
     finally:
         for agent in agents.values():
             agent.close()
+
+
+def test_igris_fw_slots_init_makes_a_slot_that_runs(agent_wheel, tmp_path):
+    base = tmp_path / "opt-igris"
+    done = subprocess.run([sys.executable, "-m", "firmware_tools", "slots", "init", "--base",
+                           str(base), "--wheel", str(agent_wheel), "--json"],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    version = subprocess.run([out["python"], "-m", "agent", "version", "--json"],
+                             capture_output=True, text=True, check=True, cwd=base, timeout=60)
+    assert json.loads(version.stdout)["igris"] == out["version"]
+    assert slots.status(base)["current"] == "a" and (base / "ota-check.py").exists()
