@@ -118,11 +118,24 @@ class _Pending:
         self.waiting = waiting
         self.started = started
         self.on_reply = on_reply
+        self.oks = 0  # ok replies so far: counted as they come, not per reply (K^2 on fan-out)
         self.done = asyncio.get_running_loop().create_future()
+
+    def add(self, reply: Reply) -> None:
+        """Take one device's reply (a repeat replaces its earlier one)."""
+        r = self.result
+        earlier = r.replies.get(reply.device)
+        self.oks += reply.ok - (earlier is not None and earlier.ok)
+        r.replies[reply.device] = reply
+        self.waiting.discard(reply.device)
+        r.missing.pop(reply.device, None)
+        if not reply.ok:
+            code = (reply.error or {}).get("code", "error")
+            r.missing[reply.device] = f"refused: {code}"
 
     def check(self) -> None:
         r = self.result
-        oks = sum(1 for reply in r.replies.values() if reply.ok)
+        oks = self.oks
         if self.mode == "all":
             r.complete = not self.waiting and not r.missing and oks == len(r.replies)
         elif self.mode == "quorum":
@@ -266,17 +279,11 @@ class Bus:
         if pending is None or env.kind != "reply" or env.body.get("device") != env.src:
             self.late_replies += 1
             return
-        r = pending.result
         body = env.body
         reply = Reply(env.src, body.get("ok") is True, body.get("result"),
                       body.get("error") if isinstance(body.get("error"), dict) else None,
                       (asyncio.get_running_loop().time() - pending.started) * 1000)
-        r.replies[env.src] = reply
-        pending.waiting.discard(env.src)
-        r.missing.pop(env.src, None)
-        if not reply.ok:
-            code = (reply.error or {}).get("code", "error")
-            r.missing[env.src] = f"refused: {code}"
+        pending.add(reply)
         if pending.on_reply is not None:
             pending.on_reply(reply)
         pending.check()

@@ -10,9 +10,19 @@ response topic: the MQTT 5 response topic and correlation data when the
 broker carries them, the ``reply_to`` field of the body otherwise.
 
 **Once only.** QoS 1 may deliver a request again (after a reconnect, or a
-restart with a persistent session). Every execution is stored by request id
-with its reply, in the same transaction as its ledger entry; a repeat gets
+restart with a persistent session). Every execution of a mutating command
+(and every refusal) is stored by request id with its reply, in the same
+transaction as its ledger entry, before the reply goes out; a repeat gets
 the stored reply and runs nothing.
+
+**Read-only commands answer first.** They need no stored reply: a
+redelivery within the session is caught by the channel's replay guard, and
+running ``ping`` again after a restart is harmless. So their reply is sent
+first and their ledger entries (one per execution, each signed) are written
+together on the next turn of the event loop, in one transaction, before any
+later mutating command's entry. A ``kill -9`` can lose the entries of
+read-only commands answered in the last loop turn; nothing that changed the
+device is ever answered before it is recorded.
 
 **Refusals are rate-limited per caller**: past a small burst, a caller's
 refused requests get no reply and no ledger entry of their own (they are
@@ -103,6 +113,7 @@ class CommandServer:
         self._replies: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
         self._buckets: dict[str, _Bucket] = {}
+        self._audit: list[tuple[str, str, str, Any, dict[str, Any]]] = []  # read-only runs
         self._pruner: asyncio.Task[None] | None = None
         self.executed = 0
         self.duplicates = 0
@@ -128,6 +139,7 @@ class CommandServer:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._running.clear()
+        self._write_audit()
 
     def stats(self) -> dict[str, Any]:
         return {"executed": self.executed, "duplicates": self.duplicates,
@@ -156,7 +168,7 @@ class CommandServer:
         if env.id in self._running:
             self.duplicates += 1
             return
-        row = self.db.conn.execute(
+        row = None if self._read_only(env) else self.db.conn.execute(
             "SELECT reply FROM command_log WHERE id = ?", (env.id,)).fetchone()
         if row is not None:
             self.duplicates += 1
@@ -190,10 +202,22 @@ class CommandServer:
             except CommandRefused as exc:
                 self._refuse(env, reply_to, correlation, exc, name)
                 return
-            reply = self._finish(env, call.name, await self._run(spec, call))
+            outcome = await self._run(spec, call)
             self.executed += 1
+            if spec.mutates:
+                reply = self._finish(env, call.name, outcome)
+                if reply_to:
+                    await self._send_reply(reply_to, correlation, reply)
+                return
             if reply_to:
-                await self._send_reply(reply_to, correlation, reply)
+                await self._send_reply(reply_to, correlation, self._reply(env, call.name, outcome))
+            self._defer_audit(env.id, env.src, call.name, env.body.get("args", {}), outcome)
+
+    def _read_only(self, env: Envelope) -> bool:
+        """A known read-only command: no stored reply to look up (see the module docstring)."""
+        name = env.body.get("cmd")
+        return isinstance(name, str) and name in self.registry \
+            and not self.registry.get(name).mutates
 
     def _admit(self, env: Envelope) -> tuple[CommandSpec, CommandCall]:
         body = env.body
@@ -225,10 +249,14 @@ class CommandServer:
             return _error("failed", f"{type(exc).__name__}: {exc}"[:300])
         return {"ok": True, "result": result}
 
+    def _reply(self, env: Envelope, name: str, outcome: dict[str, Any]) -> dict[str, Any]:
+        return {"re": env.id, "device": self._me, "cmd": name, **outcome}
+
     def _finish(self, env: Envelope, name: str, outcome: dict[str, Any]) -> dict[str, Any]:
         """Store and record one execution (or refusal); returns the reply to send."""
-        full = {"re": env.id, "device": self._me, "cmd": name, **outcome}
+        full = self._reply(env, name, outcome)
         with self.db.transaction() as conn:
+            self._write_audit()  # earlier read-only runs keep their place in the ledger
             conn.execute(
                 "INSERT OR REPLACE INTO command_log (id, src, command, ok, reply, done_ms) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -245,6 +273,27 @@ class CommandServer:
             "result": result_digest(outcome),
             **({"error": outcome["error"]["code"]} if not outcome["ok"] else {}),
         })
+
+    def _defer_audit(self, rid: str, caller: str, name: str, args: Any,
+                     outcome: dict[str, Any]) -> None:
+        """Record a read-only execution on the next loop turn, with the others of this one."""
+        if not self._audit:
+            asyncio.get_running_loop().call_soon(self._write_audit_logged)
+        self._audit.append((rid, caller, name, args, outcome))
+
+    def _write_audit(self) -> None:
+        """Write the pending read-only executions to the ledger, one transaction for all."""
+        pending, self._audit = self._audit, []
+        if pending:
+            with self.db.transaction():
+                for record in pending:
+                    self._record_execution(*record)
+
+    def _write_audit_logged(self) -> None:
+        try:
+            self._write_audit()
+        except Exception:
+            log.exception("ledger entries of read-only commands not written")
 
     def _refusal_rate(self) -> float:
         return float(self._policy_section("commands").get(

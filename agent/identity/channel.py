@@ -26,6 +26,7 @@ import nacl.bindings
 import nacl.exceptions
 
 from agent.errors import CertificateInvalid, EnvelopeRejected
+from agent.identity.certificate import Certificate
 from agent.identity.identity import Identity
 from agent.identity.trust import TrustStore
 from agent.transport.base import Message, Subscription, Transport
@@ -75,6 +76,7 @@ class SignedChannel:
         # them into the ledger (the source is unverified: it is what was claimed).
         self.on_drop: Callable[[str, str], None] | None = None
         self._checkers: dict[bytes, Callable[[bytes, bytes], bool]] = {}  # by verify key
+        self._seen_certs: dict[str, tuple[dict, Certificate]] = {}  # by sender
         trust.learn(identity.certificate)
 
     def seal(self, kind: str, body: dict) -> Envelope:
@@ -135,12 +137,7 @@ class SignedChannel:
         # still verify them. Whatever the kind, it must be the sender's own.
         cert = env.body.get("cert")
         if cert is not None:
-            try:
-                learned = self.trust.learn(cert)
-            except CertificateInvalid as exc:
-                raise EnvelopeRejected("bad_certificate", str(exc)) from None
-            if learned.subject != env.src:
-                raise EnvelopeRejected("bad_certificate", f"certificate is not {env.src!r}'s")
+            self._learn(env.src, cert)
         key = self.trust.verify_key(env.src)
         check = self._checkers.get(key)
         if check is None:
@@ -155,6 +152,26 @@ class SignedChannel:
             # Only timestamps inside the skew window may move our clock: an old
             # retained message with a far-future stamp would drag it for good.
             self.hlc.observe(env.ts)
+
+    def _learn(self, src: str, cert: object) -> None:
+        # An operator's every command carries the same certificate: when it is
+        # the very one we learned last from this sender and the trust store
+        # still holds what that gave, learning it again would change nothing
+        # (it would parse it only to find the signature it already has).
+        seen = self._seen_certs.get(src)
+        if seen is not None and seen[0] == cert and self.trust.certificate(src) is seen[1]:
+            return
+        if not isinstance(cert, dict):
+            raise EnvelopeRejected("bad_certificate", "'cert' must be a JSON object")
+        try:
+            learned = self.trust.learn(cert)
+        except CertificateInvalid as exc:
+            raise EnvelopeRejected("bad_certificate", str(exc)) from None
+        if learned.subject != src:
+            raise EnvelopeRejected("bad_certificate", f"certificate is not {src!r}'s")
+        if len(self._seen_certs) > 4096:
+            self._seen_certs.clear()
+        self._seen_certs[src] = (cert, learned)
 
 
 def _ed25519_check(public_key: bytes) -> Callable[[bytes, bytes], bool]:

@@ -68,6 +68,8 @@ _MISC_INTERVAL_S = 1.0
 _FLUSH_CHUNK = 100
 _UNSUPPORTED_PROTOCOL = 0x84
 _MAX_SUBSCRIPTION_ID = 268_435_455
+_RESPONSE_TOPIC = 0x08  # MQTT 5 property identifiers
+_CORRELATION_DATA = 0x09
 
 
 class _PahoLog:
@@ -88,6 +90,45 @@ class _PahoLog:
         if level > logging.DEBUG and fmt.startswith(self._ROUTINE):
             level = logging.DEBUG
         self._logger.log(level, fmt, *args)
+
+
+class _PublishProperties:
+    """A PUBLISH's response topic and correlation data, encoded once for paho.
+
+    paho only ever calls ``pack()`` on an outgoing message's properties (when
+    it sends it, and again if it resends it). Its own ``Properties`` object
+    costs more to build than the rest of a publish (a reply is one per
+    command), because every attribute set searches its table of names.
+    """
+
+    __slots__ = ("_packed",)
+
+    def __init__(self, response_topic: str | None, correlation_data: bytes | None):
+        body = b""
+        if response_topic:
+            body += _string_property(_RESPONSE_TOPIC, response_topic.encode("utf-8"))
+        if correlation_data is not None:
+            body += _string_property(_CORRELATION_DATA, correlation_data)
+        self._packed = _varint(len(body)) + body
+
+    def pack(self) -> bytes:
+        return self._packed
+
+
+def _string_property(ident: int, data: bytes) -> bytes:
+    if len(data) > 0xFFFF:
+        raise ValueError(f"an MQTT property holds at most 65535 bytes, got {len(data)}")
+    return bytes((ident,)) + len(data).to_bytes(2, "big") + data
+
+
+def _varint(n: int) -> bytes:
+    """MQTT's variable byte integer."""
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 class _Outcome(enum.Enum):
@@ -139,6 +180,7 @@ class MqttTransport(Transport):
         self._client: paho.Client | None = None
         self._sock: Any = None
         self._writer_on = False
+        self._flush_due = False
         self._connected = False
         self._ever_connected = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -517,6 +559,19 @@ class MqttTransport(Transport):
     def _on_writable(self, client: paho.Client) -> None:
         client.loop_write()
 
+    def _flush_writes(self) -> None:
+        # paho asks once until its queue is empty: whatever socket is current now
+        # must be written (the one that asked may have been replaced meanwhile).
+        self._flush_due = False
+        client, sock = self._client, self._sock
+        if client is None or sock is None or self._writer_on:
+            return  # no connection, or the selector already waits to write
+        client.loop_write()
+        if client.want_write() and sock is self._sock and not self._writer_on:
+            assert self._loop is not None
+            self._loop.add_writer(sock, self._on_writable, client)
+            self._writer_on = True
+
     async def _misc_loop(self, client: paho.Client) -> None:
         """Keepalive pings and ping timeouts: paho's only timer-driven work."""
         while True:
@@ -540,10 +595,15 @@ class MqttTransport(Transport):
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         # From the connect worker we ignore it: _watch_socket flushes after connect().
-        if self._on_loop_thread() and sock is self._sock and not self._writer_on:
+        # On the loop, everything queued in this turn (replies, PUBACKs) is written
+        # at the start of the next one, straight to the socket: a writer registered
+        # and removed with the selector for each packet cost more than the write.
+        # Only a full socket buffer gets a writer (see _flush_writes).
+        if self._on_loop_thread() and sock is self._sock and not self._writer_on \
+                and not self._flush_due:
             assert self._loop is not None
-            self._loop.add_writer(sock, self._on_writable, client)
-            self._writer_on = True
+            self._loop.call_soon(self._flush_writes)
+            self._flush_due = True
 
     def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._on_loop_thread() and sock is self._sock and self._writer_on:
@@ -742,11 +802,7 @@ class MqttTransport(Transport):
         assert client is not None
         props = None
         if self._protocol == "5" and (out.response_topic or out.correlation_data is not None):
-            props = Properties(PacketTypes.PUBLISH)
-            if out.response_topic:
-                props.ResponseTopic = out.response_topic
-            if out.correlation_data is not None:
-                props.CorrelationData = out.correlation_data
+            props = _PublishProperties(out.response_topic, out.correlation_data)
         try:
             info = client.publish(out.topic, out.payload, out.qos, out.retain, properties=props)
         except ValueError as exc:

@@ -245,3 +245,65 @@ async def test_replies_go_only_to_the_callers_own_inbox(fleet):
     assert devs[0].server.refused["bad_reply_topic"] == 1 and devs[0].calls == []
     del op
 
+
+
+async def test_read_only_commands_store_no_reply_but_each_run_is_in_the_ledger(fleet):
+    make, _ = fleet
+    devs, op = await four_devices_and_an_operator(make)
+    d0 = devs[0]
+    pings = await asyncio.gather(*(op.bus.request("d0", "ping", timeout=5) for _ in range(12)))
+    assert all(r.complete for r in pings)
+    assert (await op.bus.request("d0", "bump", {"by": 1}, timeout=5)).complete
+    assert (await op.bus.request("d0", "ping", timeout=5)).complete
+    await settle()
+    entries = [e.body for e in d0.ledger.entries(limit=1000) if e.kind == "command"]
+    # One entry per execution, in the order they ran: the pings answered before the
+    # bump are written before it, in the bump's transaction at the latest.
+    assert [e["cmd"] for e in entries] == ["ping"] * 12 + ["bump", "ping"]
+    assert len({e["id"] for e in entries}) == 14  # each request its own entry
+    assert all(e["by"] == "op" and e["ok"] for e in entries)
+    assert d0.ledger.verify().ok
+    stored = d0.db.conn.execute("SELECT command FROM command_log").fetchall()
+    assert stored == [("bump",)]
+
+
+async def test_a_read_only_command_runs_again_after_a_restart_a_mutating_one_does_not(fleet):
+    # The documented trade-off: a redelivered ping after a restart (replay guard gone,
+    # no stored reply) is answered afresh, which is harmless for a read-only command.
+    make, _ = fleet
+    devs, op = await four_devices_and_an_operator(make)
+    got = []
+    await op.transport.subscribe(TOPICS.filter("reply", "op", "+"), got.append)
+    cert = op.identity.certificate.to_dict()
+    ping = op.channel.seal("cmd", {"cmd": "ping", "args": {}, "cert": cert,
+                                   "reply_to": TOPICS.reply("op", "p")})
+    bump = op.channel.seal("cmd", {"cmd": "bump", "args": {"by": 1}, "cert": cert,
+                                   "reply_to": TOPICS.reply("op", "b")})
+    for req in (ping, bump, ping, bump):  # redelivered within the session: replay guard
+        await op.transport.publish(TOPICS.cmd("d0"), req.encode(), qos=1)
+    await settle()
+    assert devs[0].calls == [ping.id, bump.id] and len(got) == 2
+    await devs[0].stop()
+    again = await make("d0", groups=["east"])
+    for req in (ping, bump):
+        await op.transport.publish(TOPICS.cmd("d0"), req.encode(), qos=1)
+    await settle()
+    assert again.calls == [ping.id] and again.server.duplicates == 1
+    assert len(got) == 4
+    runs = [e.body["cmd"] for e in again.ledger.entries(limit=100) if e.kind == "command"]
+    assert runs == ["ping", "bump", "ping"]
+
+
+
+async def test_a_command_name_that_is_not_a_string_gets_a_bad_request_reply(fleet):
+    make, _ = fleet
+    devs, op = await four_devices_and_an_operator(make)
+    got = []
+    await op.transport.subscribe(TOPICS.reply("op", "odd"), got.append)
+    req = op.channel.seal("cmd", {"cmd": ["ping"], "args": {},
+                                  "reply_to": TOPICS.reply("op", "odd"),
+                                  "cert": op.identity.certificate.to_dict()})
+    await op.transport.publish(TOPICS.cmd("d0"), req.encode(), qos=1)
+    await settle()
+    assert devs[0].server.refused["bad_request"] == 1
+    assert [parse_envelope(m.payload).body["error"]["code"] for m in got] == ["bad_request"]

@@ -107,6 +107,39 @@ def test_someone_elses_certificate_in_a_birth_is_refused(fleet):
     assert b.accepted == 0
 
 
+def test_a_certificate_that_is_not_an_object_is_refused(fleet):
+    _, ids = fleet
+    a = make_channel(ids["a"], Clock(NOW))
+    env = sign_envelope(Envelope("b", "cmd", {"cert": "b's, trust me"}, [NOW, 0]),
+                        ids["b"].sign)
+    assert a.admit(Message("t", env.encode())) is None
+    assert a.dropped["bad_certificate"] == 1
+
+
+def test_a_certificate_seen_before_is_learned_again_once_the_store_holds_another(
+        fleet, tmp_path):
+    # Commands carry the caller's certificate every time; the channel skips learning
+    # the one it learned last, but only while the trust store still holds it.
+    ca, ids = fleet
+    clock = Clock(NOW)
+    a, b = make_channel(ids["a"], clock), make_channel(ids["b"], clock)
+    enroll(tmp_path / "b-renewed", ca, "b", now_ms=NOW, days=10)
+    renewed = Identity.load(tmp_path / "b-renewed")
+    old_cert = ids["b"].certificate.to_dict()
+
+    def command(n: int) -> Message:
+        return Message("t", b.seal("cmd", {"n": n, "cert": old_cert}).encode())
+
+    assert a.admit(command(1)).body["n"] == 1
+    assert a.admit(command(2)).body["n"] == 2
+    a.trust.learn(renewed.certificate)  # from b's birth, say: a new key for "b"
+    assert a.trust.verify_key("b") == renewed.certificate.sign_key
+    # Skipping the old certificate now would check b's signature with the new key.
+    assert a.admit(command(3)).body["n"] == 3
+    assert a.trust.verify_key("b") == ids["b"].certificate.sign_key
+    assert a.dropped == {}
+
+
 def test_replay_and_clock_skew_are_refused_for_live_messages(fleet):
     _, ids = fleet
     clock = Clock(NOW)

@@ -187,3 +187,68 @@ async def test_idle_connected_transport_uses_almost_no_cpu(broker, async_cleanup
     before = time.process_time()
     await asyncio.sleep(1.5)  # measuring idleness: nothing to wait for but time
     assert time.process_time() - before < 0.05
+
+
+async def test_a_burst_larger_than_the_socket_buffer_arrives_whole_and_in_order(
+        broker, async_cleanup, topic):
+    # Publishes of one loop turn are written together on the next; what the
+    # socket cannot take then waits for the selector to say it is writable.
+    sender = await started(async_cleanup, broker.client_settings("burst-tx"))
+    receiver = await started(async_cleanup, broker.client_settings("burst-rx"))
+    inbox = Inbox()
+    await receiver.subscribe(f"{topic}/burst", inbox, qos=1)
+    # A small send buffer, so a burst fills it for sure (white-box: paho's socket).
+    sender._client.socket().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    size, count = 60_000, 50
+    loop = asyncio.get_running_loop()
+    registered = []
+    add_writer = loop.add_writer
+    loop.add_writer = lambda *a: (registered.append(a[0]), add_writer(*a))  # type: ignore
+    try:
+        for i in range(count):
+            await sender.publish(f"{topic}/burst", i.to_bytes(4, "big") * (size // 4), qos=1)
+        got = await inbox.wait_for(count, timeout=10)
+    finally:
+        del loop.add_writer
+    assert registered  # the socket was full: the selector finished the job
+    assert [int.from_bytes(m.payload[:4], "big") for m in got] == list(range(count))
+    assert all(len(m.payload) == size for m in got)
+    await asyncio.wait_for(sender._drained.wait(), 5)  # every PUBACK came back
+    assert not sender._writer_on
+
+
+async def test_publishes_of_one_turn_are_written_without_registering_a_writer(
+        broker, async_cleanup, topic):
+    sender = await started(async_cleanup, broker.client_settings("turn-tx"))
+    receiver = await started(async_cleanup, broker.client_settings("turn-rx"))
+    inbox = Inbox()
+    await receiver.subscribe(f"{topic}/turn", inbox, qos=1)
+    loop = asyncio.get_running_loop()
+    registered = []
+    add_writer = loop.add_writer
+    loop.add_writer = lambda *a: (registered.append(a[0]), add_writer(*a))  # type: ignore
+    try:
+        for i in range(20):
+            await sender.publish(f"{topic}/turn", b"%d" % i, qos=1)
+        got = await inbox.wait_for(20)
+    finally:
+        del loop.add_writer
+    assert [m.payload for m in got] == [b"%d" % i for i in range(20)]
+    assert registered == []
+
+
+@pytest.mark.parametrize(("response_topic", "correlation"), [
+    ("igris/lab/reply/op/r1", b"r1"), (None, b"\x00" * 300), ("t/" + "x" * 200, None),
+    ("", b"")])
+def test_publish_properties_encode_as_paho_does(response_topic, correlation):
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from agent.transport.mqtt import _PublishProperties
+
+    expected = Properties(PacketTypes.PUBLISH)
+    if response_topic:
+        expected.ResponseTopic = response_topic
+    if correlation is not None:
+        expected.CorrelationData = correlation
+    assert _PublishProperties(response_topic, correlation).pack() == expected.pack()
