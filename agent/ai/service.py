@@ -17,7 +17,6 @@ from agent.ai.backend import Backend, InferenceError, InferRequest
 from agent.ai.local import LocalTflite
 from agent.ai.models import ModelInfo
 from agent.ai.peer import INFER_COMMAND, PeerBackend, served_models
-from agent.ai.remote import RemoteChat, RemoteTensor, load_api_key
 from agent.ai.router import Decision, DeviceState, Router
 from agent.bus import Arg, CommandCall, CommandSpec
 from agent.errors import CommandRefused, ConfigInvalid
@@ -34,6 +33,8 @@ def remote_from_settings(ai: Any) -> Backend | None:
     """
     if not ai.remote_url:
         return None
+    from agent.ai.remote import RemoteChat, RemoteTensor, load_api_key  # only with a remote
+
     key = load_api_key(ai.api_key_file or None, ai.api_key_env or None)
     serves = [n.strip() for n in ai.remote_serves.split(",") if n.strip()]
 

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.ai.backend import InferRequest
@@ -31,7 +31,6 @@ from agent.device import HealthLed, HealthMonitor, HealthReport, led_state_for, 
 from agent.device.gpio_outputs import GpioOutputs
 from agent.device.pins import make_pin_factory
 from agent.errors import ConfigInvalid, MemoryStoreError
-from agent.gateway import Gateway, LiteKeyring, LiteTopics
 from agent.identity import SignedChannel, TrustStore
 from agent.memory import MemoryStore, PoolKeys, PoolSharing
 from agent.memory.sync import MemorySync, bus_requester
@@ -53,6 +52,9 @@ from agent.security_mesh import (
 from agent.transport import InprocTransport, MqttSettings, MqttTransport, Transport
 from agent.versions import versions
 from agent.wire import HybridClock, Topics
+
+if TYPE_CHECKING:
+    from agent.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +310,8 @@ class Runtime:
         self.registry.add(self.orchestration.scheduler.run_command())
         self.gateway: Gateway | None = None
         if self.config.gateway.lite_dir:  # a gateway for lite devices (docs/lite.md)
+            from agent.gateway import Gateway, LiteKeyring, LiteTopics  # only gateways load it
+
             self.gateway = Gateway(
                 self.channel, LiteTopics(self.topics),
                 LiteKeyring(self.root / self.config.gateway.lite_dir), now_ms=self._now_ms,
@@ -498,12 +502,17 @@ class Runtime:
         return self.status()
 
     def _peers_view(self) -> dict[str, Any]:
+        # A gateway lists its own lite devices first-hand; others' relays add the rest.
+        own = self.gateway.peers.peers() if self.gateway is not None else []
+        mine = {peer.device_id for peer in own}
         return {
             "scope": self.membership.scope,
             "counts": self.membership.counts(),
             "peers": [peer.to_dict() for peer in self.membership.peers()],
-            "lite": [peer.to_dict() for peer in self.gateway.peers.peers()]
-            if self.gateway is not None else [],
+            "lite": [peer.to_dict() for peer in own]
+            + [peer.to_dict() for peer in self.membership.lite_peers()
+               if peer.device_id not in mine],
+            "ignored": dict(self.membership.ignored),
         }
 
     async def _rpc_peers(self, _params: dict[str, Any]) -> dict[str, Any]:
