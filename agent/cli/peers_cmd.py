@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from agent.cli.common import add_root_option, resolve_root
 from agent.cli.output import add_json_flag, columns, emit
 from agent.control import SOCKET_NAME, call
 
-HELP = "list the peers this device follows: state, session, groups, last seen, health"
+HELP = ("list the peers this device follows (and lite devices relayed by gateways): "
+        "state, session, groups, last seen, health")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,21 +33,34 @@ def _ago(ms: int, now_ms: int) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
-    """Aligned columns, one peer per line (what a person reads)."""
+    """Aligned columns, one peer per line (what a person reads): the peers that sign for
+    themselves, then the lite devices gateways relay (``LITE`` yes, ``VIA`` the gateway)."""
     now = int(time.time() * 1000)
-    header = ("DEVICE", "STATE", "SESSION", "ROLE", "GROUPS", "LAST SEEN", "TARGET", "HEALTH")
+    header = ("DEVICE", "STATE", "SESSION", "ROLE", "GROUPS", "LITE", "VIA", "LAST SEEN",
+              "TARGET", "HEALTH")
     lines = [header]
-    for p in result["peers"]:
+    lite = result.get("lite", [])
+    for p in [*result["peers"], *lite]:
         info = p.get("info", {})
         lines.append((
             p["device_id"], p["state"], str(p["session"]), p["role"],
-            ",".join(p["groups"]) or "-", _ago(p["last_seen_ms"], now),
+            ",".join(p.get("groups", [])) or "-", "yes" if p.get("lite") else "-",
+            p.get("via") or "-", _ago(p["last_seen_ms"], now),
             info.get("target", "-"), info.get("health", {}).get("status", "-"),
         ))
     out = [columns(lines)]
-    counts = ", ".join(f"{n} {state}" for state, n in sorted(result["counts"].items()))
-    out.append(f"({result['scope']} scope; {counts or 'no peers yet'})")
+    notes = [_counts(result["counts"]) or "no peers yet"]
+    if lite:
+        notes.append("lite: " + _counts(Counter(p["state"] for p in lite)))
+    ignored = result.get("ignored", {})
+    if ignored.get("not_gateway"):
+        notes.append(f"{ignored['not_gateway']} relays dropped from non-gateways")
+    out.append(f"({result['scope']} scope; {'; '.join(notes)})")
     return "\n".join(out)
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
 def peers(args: argparse.Namespace) -> int:

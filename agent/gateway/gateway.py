@@ -11,7 +11,12 @@ counted by reason (``igris status``: ``gateway.dropped``) and tallied into
 the ledger with the other authentication failures.
 
 Admitted births, heartbeats, telemetry and deaths drive :class:`LitePeers`
-(shown by ``igris peers`` as ``lite``). Signed bus commands to the gateway
+(shown by ``igris peers`` as ``lite``). Each change of a device's state is
+relayed to the whole mesh as a signed, retained ``state`` on
+``node/<gw>/lite/<dev>`` (and again every ``relay_refresh_s`` while the device
+keeps speaking, so its "last seen" stays fresh); other agents' membership
+believes it only because this device's certificate has the ``gateway``
+capability. Signed bus commands to the gateway
 reach the devices: ``lite.cmd`` (read-only: ping, status, gpio.read) and
 ``lite.gpio.write`` (operators and schedulers) become a MAC'd command on
 ``lite/<device>/cmd`` naming the device's session, and the device's MAC'd
@@ -29,7 +34,7 @@ from typing import Any
 from agent.bus.registry import ROLES_MUTATE, Arg, CommandCall, CommandSpec
 from agent.errors import CommandRefused, EnvelopeRejected, TopicInvalid
 from agent.gateway.keyring import LiteKeyring
-from agent.gateway.peers import REACHABLE, LitePeers
+from agent.gateway.peers import REACHABLE, LitePeer, LitePeers
 from agent.gateway.topics import COMMAND, LiteTopics
 from agent.identity.channel import SignedChannel
 from agent.transport.base import Message, Subscription
@@ -41,6 +46,9 @@ MAX_LITE_BYTES = 4096
 """Lite messages are small; anything bigger is refused before parsing."""
 COMMAND_TIMEOUT_S = 5.0
 READ_ONLY = ("ping", "status", "gpio.read")
+RELAY_CAP = "gateway"
+"""The capability other agents require of a relay's signer (``igris enroll --cap gateway``)."""
+RELAY_REFRESH_S = 30.0
 _UNPARSED = "(unparsed)"
 
 
@@ -94,6 +102,7 @@ class Gateway:
         max_bytes: int = MAX_LITE_BYTES,
         command_timeout_s: float = COMMAND_TIMEOUT_S,
         tick_s: float = 1.0,
+        relay_refresh_s: float = RELAY_REFRESH_S,
     ):
         self.channel = channel
         self.topics = topics
@@ -101,9 +110,14 @@ class Gateway:
         self.max_bytes = max_bytes
         self.command_timeout_s = command_timeout_s
         self.tick_s = tick_s
+        self.relay_refresh_s = relay_refresh_s
         self._on_drop = on_drop
+        self._now_ms = now_ms
         self._me = channel.identity.device_id
-        self.peers = LitePeers(self._me, now_ms)
+        self.peers = LitePeers(self._me, now_ms, on_change=self._relay_peer)
+        self._relayed_ms: dict[str, int] = {}  # device -> when its relay was last sent
+        self._relays: set[asyncio.Task[None]] = set()
+        self.relays_sent = 0
         self._seen = _Seen()
         self._pending: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self._subs: list[Subscription] = []
@@ -114,6 +128,10 @@ class Gateway:
         self.command_timeouts = 0
 
     async def start(self) -> None:
+        if RELAY_CAP not in self.channel.identity.certificate.caps:
+            log.warning("this gateway's certificate lacks the %r capability: other agents "
+                        "will drop its lite relays; enroll it again with --cap %s",
+                        RELAY_CAP, RELAY_CAP)
         transport = self.channel.transport
         self._subs = [await transport.subscribe(f, self._on_message, qos=1)
                       for f in self.topics.uplink_filters()]
@@ -128,11 +146,15 @@ class Gateway:
             self._ticker = None
         for _dev, future in self._pending.values():
             future.cancel()
+        for task in self._relays:  # not sent by now: the broker may be gone
+            task.cancel()
+        await asyncio.gather(*self._relays, return_exceptions=True)
 
     def stats(self) -> dict[str, Any]:
         return {"lite_dir": str(self.keyring.directory), "enrolled": len(self.keyring.enrolled()),
                 "peers": self.peers.counts(), "accepted": self.accepted,
                 "dropped": dict(self.dropped), "bad_records": self.keyring.bad_records,
+                "relays_sent": self.relays_sent,
                 "commands": {"sent": self.commands_sent, "timeouts": self.command_timeouts,
                              "waiting": len(self._pending)}}
 
@@ -189,6 +211,33 @@ class Gateway:
         while True:
             await asyncio.sleep(self.tick_s)
             self.peers.check_timeouts()
+            self.refresh_relays()
+
+    # ------------------------------------------------------------------ relays to the mesh
+
+    def refresh_relays(self) -> None:
+        """Relay again each device heard since its last relay, once ``relay_refresh_s`` passed."""
+        now = self._now_ms()
+        for peer in self.peers.peers():
+            sent = self._relayed_ms.get(peer.device_id, 0)
+            if peer.last_seen_ms > sent and now - sent >= self.relay_refresh_s * 1000:
+                self._relay_peer(peer)
+
+    def _relay_peer(self, peer: LitePeer) -> None:
+        self._relayed_ms[peer.device_id] = self._now_ms()
+        body = {**peer.relay_body(), "cert": self.channel.identity.certificate.to_dict()}
+        task = asyncio.get_running_loop().create_task(
+            self._publish_relay(peer.device_id, body), name="igris.gateway.relay")
+        self._relays.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._relays.discard)
+
+    async def _publish_relay(self, device: str, body: dict[str, Any]) -> None:
+        try:
+            await self.channel.publish(self.topics.relay(self._me, device), "state",
+                                       body, qos=1, retain=True)
+            self.relays_sent += 1
+        except Exception:
+            log.exception("relay of lite device %s not sent", device)
 
     # ------------------------------------------------------------------ commands
 

@@ -6,7 +6,8 @@ makes it ``suspect`` after 3 of its heartbeat periods and ``dead`` after 6,
 its last will makes it ``dead`` at once and a graceful stop ``left``. A
 death or birth of an older session than the one known is stale and ignored.
 Kept in memory: the broker's retained birth or death tells a restarted
-gateway where each device stands.
+gateway where each device stands. Every change (state, session, a device
+first seen) is handed to ``on_change``: the gateway relays it to the mesh.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ class LitePeer:
     heartbeat_s: float = 10.0
     info: dict[str, Any] = field(default_factory=dict)  # version, pins, telemetry, heap
 
+    def relay_body(self) -> dict[str, Any]:
+        """What the gateway signs on ``node/<gw>/lite/<dev>`` for the rest of the mesh
+        (read there by ``agent.mesh.peers.RelayedPeer.from_relay``)."""
+        return {"device_id": self.device_id, "via": self.via, "lite": True,
+                "state": self.state, "session": self.session,
+                "last_seen_ms": self.last_seen_ms, "changed_ms": self.changed_ms}
+
     def to_dict(self) -> dict[str, Any]:
         return {"device_id": self.device_id, "state": self.state, "session": self.session,
                 "role": "lite", "lite": True, "via": self.via, "info": self.info,
@@ -49,9 +57,11 @@ class LitePeer:
 class LitePeers:
     """Apply births, heartbeats, telemetry and deaths; ``check_timeouts`` ages them."""
 
-    def __init__(self, via: str, now_ms: Callable[[], int]):
+    def __init__(self, via: str, now_ms: Callable[[], int],
+                 on_change: Callable[[LitePeer], None] | None = None):
         self.via = via
         self._now_ms = now_ms
+        self._on_change = on_change
         self._peers: dict[str, LitePeer] = {}
         self.ignored: Counter[str] = Counter()
 
@@ -115,7 +125,10 @@ class LitePeers:
 
     def _set(self, peer: LitePeer, **changes: Any) -> None:
         new = replace(peer, **changes)
-        if new.state != peer.state or new.session != peer.session or \
-                peer.device_id not in self._peers:
+        changed = new.state != peer.state or new.session != peer.session or \
+            peer.device_id not in self._peers
+        if changed:
             new = replace(new, changed_ms=self._now_ms())
         self._peers[new.device_id] = new
+        if changed and self._on_change is not None:
+            self._on_change(new)

@@ -23,6 +23,8 @@ class LiteTopics:
     'igris/lab/lite/esp-01/state'
     >>> t.parse("igris/lab/lite/esp-01/hb")
     ('esp-01', 'hb')
+    >>> t.relay("gw-1", "esp-01")
+    'igris/lab/node/gw-1/lite/esp-01'
     """
 
     def __init__(self, topics: Topics):
@@ -31,6 +33,17 @@ class LiteTopics:
 
     def topic(self, device_id: str, leaf: str) -> str:
         return self._base + check_name(device_id, "device id") + "/" + leaf
+
+    def relay(self, gateway: str, device_id: str) -> str:
+        """Retained: ``gateway``'s signed account of lite device ``device_id`` for the mesh,
+        ``node/<gateway>/lite/<device>`` (``Topics.parse`` names it ``lite_peer``).
+
+        In the gateway's own ``node/<gw>/`` subtree, not under ``lite/``: the
+        ``lite/<device>/`` topics are the board's (MAC'd), and the mesh follows a
+        gateway's relays the way it follows its presence.
+        """
+        return self.topics.filter("node", check_name(gateway, "device id"), LITE,
+                                  check_name(device_id, "device id"))
 
     def uplink_filters(self) -> list[str]:
         return [self.topics.filter(LITE, "+", leaf) for leaf in UPLINK]

@@ -17,6 +17,16 @@ peers. Subscriptions and traffic grow with the group, not the fleet, and
 everything is plain MQTT (retained messages, ``+`` filters), so any broker or
 broker cluster serves. ``fleet`` scope (operators, schedulers, devices in no
 group) follows ``node/+/state`` and ``node/+/hb``.
+
+**Lite devices, relayed.** A lite device cannot sign; its gateway checks its
+MACs and publishes a signed, retained relay of its state on
+``node/<gw>/lite/<lite>``, followed like the gateway's own presence. A relay
+counts only if its signer's certificate has the capability ``gateway``
+(else it is dropped and counted as ``not_gateway``), never shadows a peer
+that signs for itself, and is believed only while its gateway is alive or
+suspect: a gateway that is dead or gone takes its lite devices with it.
+Relayed peers are listed apart (``lite_peers()``), not in ``peers()``: they
+answer no bus command and run no task.
 """
 
 from __future__ import annotations
@@ -31,14 +41,27 @@ from agent.db import Database
 from agent.errors import TopicInvalid
 from agent.identity.certificate import Certificate
 from agent.identity.channel import SignedChannel
-from agent.mesh.peers import ALIVE, BLOCKED, DEAD, LEFT, SUSPECT, Peer, PeerTable
+from agent.mesh.peers import (
+    ALIVE,
+    BLOCKED,
+    DEAD,
+    LEFT,
+    SUSPECT,
+    UNKNOWN,
+    Peer,
+    PeerTable,
+    RelayedPeer,
+)
 from agent.transport.base import Message, Subscription
-from agent.wire import Envelope, Topics
+from agent.wire import Envelope, Topics, compare_ts
 
 log = logging.getLogger(__name__)
 
 GROUP = "group"
 FLEET = "fleet"
+GATEWAY_CAP = "gateway"
+"""The certificate capability (``igris enroll --cap gateway``) that lets a device relay
+lite devices into everyone's membership."""
 PeerListener = Callable[[Peer], None]
 
 
@@ -86,6 +109,7 @@ class Membership:
         self._marked_groups = self._groups if announce else ()
         self._peers: dict[str, Peer] = {}
         self._heard: dict[str, int] = {}  # device -> ms heard, for timeouts (memory only)
+        self._relayed: dict[tuple[str, str], tuple[list[int], RelayedPeer]] = {}  # (gw, lite)
         self._unflushed: dict[str, int] = {}
         self._followed: set[str] = set()
         self._discovery: list[Subscription] = []
@@ -130,6 +154,27 @@ class Membership:
         counts: Counter[str] = Counter(p.state for p in self.peers())
         return dict(counts)
 
+    def lite_peers(self) -> list[RelayedPeer]:
+        """Lite devices relayed by gateways, as this device should believe them now.
+
+        A relay is only as good as its gateway: while the gateway is alive or
+        suspect its word stands; once it is dead, left or blocked the device
+        is shown ``dead``, and ``unknown`` while the gateway is not known at all.
+        When two gateways relay the same device, a reachable account wins, then
+        the most recent change.
+        """
+        best: dict[str, RelayedPeer] = {}
+        for (via, dev), (_ts, relayed) in self._relayed.items():
+            if dev in self._peers:
+                continue  # a device that signs for itself is never shadowed by a relay
+            shown = self._through_gateway(via, relayed)
+            if self._is_blocked(dev):
+                shown = shown.with_(state=BLOCKED)
+            known = best.get(dev)
+            if known is None or _rank(shown) > _rank(known):
+                best[dev] = shown
+        return [best[d] for d in sorted(best)]
+
     async def start(self) -> None:
         now = self._now_ms()
         self._peers = self.table.load()
@@ -156,7 +201,8 @@ class Membership:
     async def _discover(self) -> None:
         if self.scope == FLEET:
             filters = [(self.topics.filter("node", "+", "state"), self._on_node),
-                       (self.topics.filter("node", "+", "hb"), self._on_node)]
+                       (self.topics.filter("node", "+", "hb"), self._on_node),
+                       (self.topics.filter("node", "+", "lite", "+"), self._on_relay)]
         else:
             filters = [(self.topics.filter("group", g, "+"), self._on_member)
                        for g in self._groups]
@@ -213,6 +259,7 @@ class Membership:
         self._followed.add(dev)
         await self.channel.subscribe(self.topics.state(dev), self._on_node)
         await self.channel.subscribe(self.topics.hb(dev), self._on_node)
+        await self.channel.subscribe(self.topics.filter("node", dev, "lite", "+"), self._on_relay)
 
     def _on_node(self, env: Envelope, message: Message) -> None:
         dev = env.src
@@ -285,6 +332,47 @@ class Membership:
             return  # the retained death again, after a resubscribe
         self._set(base.with_(state=state, session=session), "death: " + reason)
 
+    def _on_relay(self, env: Envelope, message: Message) -> None:
+        if env.src == self._me:
+            return  # this device's own gateway lists its lite devices first-hand
+        try:
+            params = self.topics.parse(message.topic).params
+        except TopicInvalid:
+            params = {}
+        cert = self.channel.trust.certificate(env.src)
+        if cert is None or GATEWAY_CAP not in cert.caps:
+            self.ignored["not_gateway"] += 1
+            log.warning("dropped a lite relay on %s from %s: its certificate lacks the %r "
+                        "capability (enroll gateways with --cap %s)", message.topic, env.src,
+                        GATEWAY_CAP, GATEWAY_CAP)
+            return
+        try:
+            relayed = RelayedPeer.from_relay(env.body)
+            if env.kind != "state" or env.src != params.get("dev") or \
+                    env.src != relayed.via or relayed.device_id != params.get("lite"):
+                raise ValueError(f"a {env.kind} about {relayed.device_id!r} via "
+                                 f"{relayed.via!r} does not belong on {message.topic}")
+        except ValueError as exc:
+            self.ignored["bad_relay"] += 1
+            log.warning("dropped a lite relay from %s: %s", env.src, exc)
+            return
+        key = (relayed.via, relayed.device_id)
+        known = self._relayed.get(key)
+        if known is not None and (relayed.session < known[1].session
+                                  or compare_ts(env.ts, known[0]) <= 0):
+            return  # older than what we hold (or the retained copy again)
+        if len(self._relayed) > 65536:
+            self._relayed.clear()
+        self._relayed[key] = (env.ts, relayed)
+
+    def _through_gateway(self, via: str, relayed: RelayedPeer) -> RelayedPeer:
+        gateway = self.peer(via)
+        if gateway is None:
+            return relayed.with_(state=UNKNOWN)
+        if gateway.state in (ALIVE, SUSPECT) or relayed.state in (DEAD, LEFT):
+            return relayed
+        return relayed.with_(state=DEAD)
+
     # ------------------------------------------------------------------ plumbing
 
     def _set(self, peer: Peer, why: str, *, force_save: bool = False) -> None:
@@ -337,3 +425,7 @@ class Membership:
             if since_flush >= self.flush_s:
                 since_flush = 0.0
                 self.flush()
+
+
+def _rank(peer: RelayedPeer) -> tuple[bool, int]:
+    return peer.state in (ALIVE, SUSPECT), peer.changed_ms

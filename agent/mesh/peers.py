@@ -5,6 +5,9 @@ its peers (and their last session numbers, which decide stale deaths) before
 the first message arrives. Heartbeats only touch memory; a row is written
 when a peer's state, session or description changes, and ``last_seen`` is
 flushed in one batch now and then.
+
+Lite devices relayed by a gateway (:class:`RelayedPeer`) are not stored: their
+relays are retained on the broker, which hands them back after a restart.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ SUSPECT = "suspect"
 DEAD = "dead"
 LEFT = "left"  # stopped gracefully
 BLOCKED = "blocked"  # shown, never stored: the blocklist decides it
+UNKNOWN = "unknown"  # a relayed lite peer whose gateway this device does not know (yet)
+RELAYED_STATES = (ALIVE, SUSPECT, DEAD, LEFT)
+"""What a gateway may say of a lite device."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +54,71 @@ class Peer:
             "groups": list(self.groups),
             "caps": list(self.caps),
             "info": self.info,
+            "lite": False,
+            "via": None,
+            "last_seen_ms": self.last_seen_ms,
+            "changed_ms": self.changed_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedPeer:
+    """A lite device as its gateway ``via`` last relayed it (``node/<via>/lite/<dev>``).
+
+    >>> RelayedPeer.from_relay({"device_id": "esp-1", "via": "gw", "lite": True,
+    ...     "state": "alive", "session": 3, "last_seen_ms": 5, "changed_ms": 4}).state
+    'alive'
+    """
+
+    device_id: str
+    via: str
+    state: str
+    session: int
+    last_seen_ms: int
+    changed_ms: int
+    groups: tuple[str, ...] = ()
+    caps: tuple[str, ...] = ()
+
+    @classmethod
+    def from_relay(cls, body: dict[str, Any]) -> RelayedPeer:
+        """Read a relay's body; :class:`ValueError` naming the field for anything malformed."""
+        if body.get("lite") is not True:
+            raise ValueError("a relay must say \"lite\": true")
+        for name in ("device_id", "via"):
+            if not isinstance(body.get(name), str):
+                raise ValueError(f"relay field {name!r} must be a device id, "
+                                 f"got {body.get(name)!r}")
+        if body.get("state") not in RELAYED_STATES:
+            raise ValueError(f"relay state {body.get('state')!r} is not one of "
+                             f"{', '.join(RELAYED_STATES)}")
+        for name in ("session", "last_seen_ms", "changed_ms"):
+            value = body.get(name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"relay field {name!r} must be an integer >= 0, got {value!r}")
+        lists = {}
+        for name in ("groups", "caps"):
+            value = body.get(name, [])
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise ValueError(f"relay field {name!r} must be a list of names, got {value!r}")
+            lists[name] = tuple(value)
+        return cls(body["device_id"], body["via"], body["state"], body["session"],
+                   body["last_seen_ms"], body["changed_ms"], **lists)
+
+    def with_(self, **changes: Any) -> RelayedPeer:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The shape of :meth:`Peer.to_dict`, with ``lite`` and ``via``."""
+        return {
+            "device_id": self.device_id,
+            "state": self.state,
+            "session": self.session,
+            "role": "lite",
+            "groups": list(self.groups),
+            "caps": list(self.caps),
+            "info": {},
+            "lite": True,
+            "via": self.via,
             "last_seen_ms": self.last_seen_ms,
             "changed_ms": self.changed_ms,
         }

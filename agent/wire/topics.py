@@ -157,6 +157,13 @@ class Topics:
         try:
             if head == "node" and n == 3 and parts[2] in ("state", "hb"):
                 return ParsedTopic(parts[2], {"dev": check_name(parts[1], "device id")})
+            if head == "node" and n == 4 and parts[2] == "lite":
+                # A gateway's signed relay of a lite device (``LiteTopics.relay`` builds it).
+                return ParsedTopic(
+                    "lite_peer",
+                    {"dev": check_name(parts[1], "device id"),
+                     "lite": check_name(parts[3], "device id")},
+                )
             if head == "group" and n == 3:
                 return ParsedTopic(
                     "member",

@@ -4,6 +4,9 @@ Everything is real: ``igris enroll --lite`` writes the board's config and the
 gateway's record, the gateway is an ``igris run`` process configured with
 ``IGRIS_GATEWAY_LITE_DIR=lite``, the lite agent is ``targets/micropython/
 lite_agent.py`` in its own process, and the operator's command is ``igris cmd``.
+The gateway ``gw`` is enrolled with ``--cap gateway``, so an ordinary agent ``n2``
+takes its relays; ``rogue`` is a gateway by configuration only, and its relays
+are dropped.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Any
 import pytest
 
 from agent.control import SOCKET_NAME, call
-from tests.support.fleet import Fleet, run_cli
+from agent.identity import enroll
+from tests.support.fleet import Fleet, now_ms, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,8 +46,10 @@ class LiteProcess:
 
 @pytest.fixture
 def rig(broker: Any) -> Iterator[dict[str, Any]]:
-    fleet = Fleet(broker, {"gw": ["lab"]})
-    fleet.env["gw"] = {"IGRIS_GATEWAY_LITE_DIR": "lite"}
+    fleet = Fleet(broker, {"n2": ["lab"], "rogue": ["lab"]})
+    enroll(fleet.base / "gw", fleet.ca, "gw", now_ms=now_ms(), groups=("lab",),
+           caps=("gateway",))
+    fleet.env["gw"] = fleet.env["rogue"] = {"IGRIS_GATEWAY_LITE_DIR": "lite"}
     lites: list[LiteProcess] = []
     try:
         yield {"fleet": fleet, "lites": lites}
@@ -53,19 +59,19 @@ def rig(broker: Any) -> Iterator[dict[str, Any]]:
         fleet.close()
 
 
-def _enroll(fleet: Fleet, device: str) -> Path:
+def _enroll(fleet: Fleet, device: str, gateway: str = "gw") -> Path:
     done = run_cli("enroll", "--lite", "--root", str(fleet.base / device), "--device-id", device,
-                   "--gateway-root", str(fleet.base / "gw"), "--broker", fleet.broker.url,
+                   "--gateway-root", str(fleet.base / gateway), "--broker", fleet.broker.url,
                    "--pin", "relay=5", "--pin", "button=4", "--writable", "relay",
                    "--heartbeat-s", "0.5", "--telemetry-s", "0.5", "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert out["gateway"] == "gw" and out["fleet"] == "lab"
+    assert out["gateway"] == gateway and out["fleet"] == "lab"
     return Path(out["config"])
 
 
-def _lite_peers(gw_root: Path) -> dict[str, dict[str, Any]]:
-    return {p["device_id"]: p for p in call(gw_root / SOCKET_NAME, "peers", timeout=5)["lite"]}
+def _lite_peers(root: Path) -> dict[str, dict[str, Any]]:
+    return {p["device_id"]: p for p in call(root / SOCKET_NAME, "peers", timeout=5)["lite"]}
 
 
 def _wait(predicate: Any, what: str, timeout: float = 10.0) -> Any:
@@ -124,3 +130,47 @@ def test_a_device_with_a_wrong_key_is_dropped_and_counted(rig: dict) -> None:
     assert gateway["dropped"]["bad_signature"] >= 3
     assert gateway["accepted"] == 0 and gateway["enrolled"] == 1
     assert "lite-02" not in _lite_peers(gw.root)
+
+
+def test_an_ordinary_agent_sees_the_lite_device_via_its_gateway_then_dead(rig: dict) -> None:
+    fleet: Fleet = rig["fleet"]
+    config = _enroll(fleet, "lite-01")
+    gw, n2 = fleet.start("gw"), fleet.start("n2")
+    gw.wait_ready()
+    n2.wait_ready()
+    rig["lites"].append(LiteProcess(config, session=3))
+    peer = _wait(lambda: _lite_peers(n2.root).get("lite-01", {}).get("state") == "alive"
+                 and _lite_peers(n2.root)["lite-01"], "n2 sees lite-01 alive")
+    assert peer["lite"] is True and peer["via"] == "gw" and peer["session"] == 3
+    assert peer["role"] == "lite"
+
+    done = run_cli("peers", "--root", str(n2.root))
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[1:-1]}
+    assert rows["lite-01"][1:7] == ["alive", "3", "lite", "-", "yes", "gw"]
+    assert rows["gw"][5:7] == ["-", "-"]
+    assert "lite: 1 alive" in done.stdout.splitlines()[-1]
+
+    rig["lites"][0].kill()  # kill -9: the will reaches the gateway, its relay reaches n2
+    _wait(lambda: _lite_peers(n2.root)["lite-01"]["state"] == "dead", "n2 sees lite-01 dead")
+    assert n2.peers().get("lite-01") is None  # never a bus peer
+    assert gw.status()["gateway"]["relays_sent"] >= 2
+
+
+def test_a_relay_from_a_gateway_without_the_cap_is_dropped_and_counted(rig: dict) -> None:
+    fleet: Fleet = rig["fleet"]
+    config = _enroll(fleet, "lite-03", gateway="rogue")
+    rogue, n2 = fleet.start("rogue"), fleet.start("n2")
+    rogue.wait_ready()
+    n2.wait_ready()
+    n2.wait_peers({"rogue": "alive"})
+    rig["lites"].append(LiteProcess(config, session=1))
+    _wait(lambda: _lite_peers(rogue.root).get("lite-03", {}).get("state") == "alive",
+          "rogue follows lite-03")
+    rogue.wait_for(lambda s: s["gateway"]["relays_sent"] >= 1, what="rogue relayed lite-03")
+
+    def dropped() -> int:
+        return call(n2.root / SOCKET_NAME, "peers", timeout=5)["ignored"].get("not_gateway", 0)
+
+    _wait(lambda: dropped() >= 1, "n2 drops rogue's relay")
+    assert "lite-03" not in _lite_peers(n2.root)
