@@ -29,6 +29,7 @@ from firmware_tools.errors import BootDirInvalid
 from firmware_tools.firstboot import (
     AGENT_UNIT,
     CLIENT_KEY,
+    CONFIG_NAME,
     DEFAULT_DEVICE_PATHS,
     FIRSTBOOT_UNIT,
     FOLDER,
@@ -38,8 +39,6 @@ from firmware_tools.firstboot import (
     render_firstboot_unit,
     render_script,
 )
-
-CONFIG_NAME = "agent.toml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +110,7 @@ def prepare_image(
     _write_file(folder / SCRIPT, render_script(paths, wheel.name if wheel else None).encode(),
                 0o755)
     _write_file(folder / FIRSTBOOT_UNIT, render_firstboot_unit(paths).encode())
-    _write_file(folder / AGENT_UNIT, render_agent_unit(paths).encode())
+    _write_file(folder / AGENT_UNIT, render_agent_unit(paths.agent_unit()).encode())
     if rootfs is not None:
         _enable_in_rootfs(rootfs, folder / FIRSTBOOT_UNIT, paths)
     files = sorted(str(p.relative_to(boot)) for p in folder.rglob("*") if p.is_file())

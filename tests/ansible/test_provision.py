@@ -4,8 +4,9 @@
 ``ansible_connection=local`` (n1 on a pi4, n2 on a pi5, n3 on a Jetson; n1
 also holds the broker), each provisioned into its own ``igris_prefix``, with
 the controller's CAs in a temp folder. Then Mosquitto starts from the
-rendered mosquitto.conf and the three agents from their units' ExecStart
-lines (no systemd here), and an operator the play enrolled drives them.
+rendered mosquitto.conf and the three agents from their units' ExecStartPre
+and ExecStart lines (no systemd here), from the A/B slots the play made, and an
+operator the play enrolled drives them, down to an over-the-air update of one.
 
 The agent wheel is built by the play itself (``pip wheel`` of a copy of the
 source tree, as an operator's controller would); its dependencies come from a
@@ -16,6 +17,7 @@ so no device step needs a package index.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,12 +27,22 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from agent import __version__
+from agent.compat import wall_ms
+from agent.control import SOCKET_NAME, call
+from agent.errors import IgrisError
+from agent.identity import Identity
+from firmware_tools import otacheck, slots
+from firmware_tools.bundle import build_bundle
+from firmware_tools.firstboot import AgentUnit, agent_unit_jinja_template, render_agent_unit
+from firmware_tools.version import parse_version
+from tests.firmware.test_ota import rewheel
 from tests.support.broker import find_mosquitto, free_port, make_test_pki
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,6 +102,16 @@ class Site:
 
     def state_dir(self, host: str) -> Path:
         return self.prefix(host) / "var/lib/igris"
+
+    def slots_base(self, host: str) -> Path:
+        """The host's A/B slots (``igris-fw slots init --base``)."""
+        return self.prefix(host) / "opt/igris"
+
+    def deps(self, host: str) -> Path:
+        return self.prefix(host) / "opt/igris-deps"
+
+    def config(self, host: str) -> Path:
+        return self.prefix(host) / "etc/igris/agent.toml"
 
     def unit(self, host: str) -> Path:
         return self.prefix(host) / "etc/systemd/system/igris-agent.service"
@@ -224,15 +246,47 @@ def test_private_keys_are_0600_and_no_ca_key_reaches_a_device(provisioned):
 
 
 def test_systemd_analyze_verify_accepts_the_unit(provisioned):
-    unit = provisioned.site.unit("n1")
+    site = provisioned.site
+    unit = site.unit("n1")
     text = unit.read_text()
     for line in ("Type=notify", "WatchdogSec=30", "Restart=on-failure", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes",
-                 f"ReadWritePaths={provisioned.site.state_dir('n1')}"):
+                 f"ReadWritePaths={site.state_dir('n1')} {site.slots_base('n1')}",
+                 f"ExecStartPre={site.deps('n1')}/bin/python {site.slots_base('n1')}/ota-check.py "
+                 f"{site.slots_base('n1')}"):
         assert line in text.splitlines(), line
     proc = subprocess.run([_need("systemd-analyze"), "verify", str(unit)],
                           check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+def test_the_play_and_first_boot_write_the_same_unit(provisioned):
+    template = ANSIBLE_DIR / "roles/igris_agent/templates/igris-agent.service.j2"
+    assert template.read_text() == agent_unit_jinja_template(), (
+        "the role's template is generated: .venv/bin/python -c \"from firmware_tools.firstboot "
+        "import agent_unit_jinja_template as t; print(t(), end='')\" > " + str(template))
+    site = provisioned.site
+    for host in HOSTS:
+        same = AgentUnit(base=str(site.slots_base(host)), deps=str(site.deps(host)),
+                         state_dir=str(site.state_dir(host)), config_file=str(site.config(host)),
+                         user="root", group="root")
+        assert site.unit(host).read_text() == render_agent_unit(same), host
+
+
+def test_each_device_runs_from_a_slot_the_play_made(provisioned):
+    site = provisioned.site
+    for host in HOSTS:
+        state = slots.status(site.slots_base(host))
+        assert state["current"] == "a" and state["pending"] is None, state
+        assert state["slots"]["a"]["version"] == __version__
+        assert (site.slots_base(host) / "ota-check.py").is_file()
+        # The slot's own site-packages holds the agent; its dependencies come from the deps
+        # venv the play installed them in, through the .pth.
+        site_packages = slots.slot_site_packages(site.slots_base(host) / "slots/a")
+        assert (site_packages / "agent/__init__.py").is_file()
+        (deps_site,) = site.deps(host).glob("lib/python3*/site-packages")
+        assert (site_packages / slots.DEPS_PTH).read_text() == f"{deps_site}\n"
+        assert (deps_site / "nacl").is_dir() and not (site_packages / "nacl").exists()
 
 
 def test_check_diff_on_a_fresh_site_runs_clean_and_changes_nothing(provisioned, tmp_path):
@@ -258,31 +312,65 @@ def test_ansible_lint_production_profile_passes():
 # ---- the provisioned fleet, running -------------------------------------------------
 
 
-def unit_command(unit: Path) -> tuple[list[str], dict[str, str]]:
-    """The unit's ExecStart argv and Environment= pairs (what systemd would run)."""
-    argv: list[str] = []
-    env: dict[str, str] = {}
-    for line in unit.read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key == "ExecStart":
-            argv = shlex.split(value)
-        elif key == "Environment":
-            for pair in shlex.split(value):
-                name, _, val = pair.partition("=")
-                env[name] = val
-    assert argv, f"{unit} has no ExecStart"
-    return argv, env
+@dataclass(frozen=True)
+class UnitCommand:
+    """What systemd would run for a unit: ExecStartPre, ExecStart and Environment=."""
+
+    pre: list[list[str]]
+    start: list[str]
+    env: dict[str, str]
+
+    @classmethod
+    def read(cls, unit: Path) -> UnitCommand:
+        pre: list[list[str]] = []
+        start: list[str] = []
+        env: dict[str, str] = {}
+        for line in unit.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key == "ExecStartPre":
+                pre.append(shlex.split(value))
+            elif key == "ExecStart":
+                start = shlex.split(value)
+            elif key == "Environment":
+                env.update(pair.split("=", 1) for pair in shlex.split(value))
+        assert start, f"{unit} has no ExecStart"
+        return cls(pre, start, env)
+
+
+def igris_on(site: Site, host: str, *args: str, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess:
+    """``igris ARGS`` as the device's running slot has it (``current/bin/python -m agent``),
+    run from the slots' folder (not the checkout, whose agent/ ``-m`` would find first)."""
+    base = site.slots_base(host)
+    return subprocess.run([str(base / "current/bin/python"), "-m", "agent", *args],
+                          check=False, capture_output=True, text=True, timeout=30, cwd=base,
+                          env={**os.environ, **(env or {})})
 
 
 @dataclass
 class Fleet:
     provisioned: Provisioned
-    broker_log: Path
-    mesh_s: float  # from starting the broker to every agent seeing the other two alive
+    logs: Path
+    procs: dict[str, subprocess.Popen[bytes]]
+    mesh_s: float = 0.0  # from starting the broker to every agent seeing the other two alive
 
     @property
     def site(self) -> Site:
         return self.provisioned.site
+
+    def start(self, host: str) -> subprocess.Popen[bytes]:
+        """Start ``host``'s agent as its unit does: each ExecStartPre to its end, then
+        ExecStart (as root: no systemd and no igris user here)."""
+        unit = UnitCommand.read(self.site.unit(host))
+        env = {**os.environ, **unit.env}
+        with (self.logs / f"{host}.log").open("ab") as out:
+            for argv in unit.pre:
+                subprocess.run(argv, env=env, cwd="/", stdout=out, stderr=subprocess.STDOUT,
+                               check=True, timeout=30)
+            self.procs[host] = subprocess.Popen(unit.start, env=env, cwd="/", stdout=out,
+                                                stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL)
+        return self.procs[host]
 
     def mosquitto_pub(self, cert: Path, key: Path, topic: str) -> subprocess.CompletedProcess:
         """One QoS 1 MQTT 5 publish over TLS; ``-d`` prints the PUBACK's reason code."""
@@ -294,14 +382,14 @@ class Fleet:
             check=False, capture_output=True, text=True, timeout=20,
         )
 
+    def tails(self) -> str:
+        return "\n".join(f"--- {f.name}\n{f.read_text()[-2000:]}"
+                         for f in sorted(self.logs.glob("*.log")))
+
 
 def peers_alive(site: Site, host: str) -> set[str]:
     """Who ``igris peers --root`` on ``host`` sees alive (empty until its agent answers)."""
-    proc = subprocess.run(
-        [str(site.prefix(host) / "opt/igris/venv/bin/igris"), "peers", "--root",
-         str(site.state_dir(host)), "--json"],
-        check=False, capture_output=True, text=True, timeout=20,
-    )
+    proc = igris_on(site, host, "peers", "--root", str(site.state_dir(host)), "--json")
     if proc.returncode != 0:
         return set()
     return {p["device_id"] for p in json.loads(proc.stdout)["peers"] if p["state"] == "alive"}
@@ -313,32 +401,29 @@ def fleet(provisioned: Provisioned) -> Iterator[Fleet]:
     site = provisioned.site
     logs = site.base / "logs"
     logs.mkdir(exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
     broker_log = logs / "mosquitto.log"
+    fleet = Fleet(provisioned, logs, {})
     started = time.monotonic()
     try:
         with broker_log.open("wb") as out:
-            procs.append(subprocess.Popen(
+            fleet.procs["broker"] = subprocess.Popen(
                 [find_mosquitto(), "-c", str(site.prefix("n1") / "etc/mosquitto/mosquitto.conf")],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         for host in HOSTS:
-            argv, env = unit_command(site.unit(host))
-            with (logs / f"{host}.log").open("wb") as out:
-                procs.append(subprocess.Popen(argv, env={**os.environ, **env}, cwd=site.base,
-                                              stdout=out, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL))
+            fleet.start(host)
         deadline = started + 30
         while any(peers_alive(site, h) != set(HOSTS) - {h} for h in HOSTS):
-            exited = [p.args for p in procs if p.poll() is not None]
+            exited = [p.args for p in fleet.procs.values() if p.poll() is not None]
             if exited or time.monotonic() > deadline:
                 seen = {h: sorted(peers_alive(site, h)) for h in HOSTS}
-                tails = "\n".join(f"--- {f.name}\n{f.read_text()[-2000:]}"
-                                  for f in sorted(logs.glob("*.log")))
-                raise AssertionError(f"no mesh: exited {exited}; alive peers {seen}\n{tails}")
+                raise AssertionError(f"no mesh: exited {exited}; alive peers {seen}\n"
+                                     f"{fleet.tails()}")
             time.sleep(0.1)
-        yield Fleet(provisioned, broker_log, time.monotonic() - started)
+        fleet.mesh_s = time.monotonic() - started
+        yield fleet
     finally:
-        for proc in reversed(procs):
+        procs = list(reversed(fleet.procs.values()))  # the agents, then the broker
+        for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
         for proc in procs:
@@ -378,4 +463,49 @@ def test_a_client_certificate_from_another_ca_is_refused_at_tls(fleet, tmp_path)
     proc = fleet.mosquitto_pub(other.client_cert, other.client_key, f"igris/{FLEET}/stat/n1/x")
     assert proc.returncode != 0
     assert "PUBACK" not in proc.stdout + proc.stderr
-    assert "certificate verify failed" in fleet.broker_log.read_text()
+    assert "certificate verify failed" in (fleet.logs / "mosquitto.log").read_text()
+
+
+def wait_status(root: Path, ready: Callable[[dict], bool], proc: subprocess.Popen[bytes],
+                timeout: float = 20.0) -> dict:
+    """The agent's ``status`` once ``ready`` says so; fail if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"the agent exited {proc.returncode}"
+        try:
+            status = call(root / SOCKET_NAME, "status", timeout=5)
+            if ready(status):
+                return status
+        except IgrisError:  # starting: no socket yet
+            pass
+        assert time.monotonic() < deadline, "timed out waiting for the agent"
+        time.sleep(0.05)
+
+
+def test_an_update_applied_on_a_provisioned_device_switches_its_slot(fleet, tmp_path):
+    """An operator's bundle, applied with ``igris update apply`` on n3 as it runs: the agent
+    restarts (exit 75, which the unit's Restart=on-failure covers), and the unit's commands
+    start the new version from the other slot."""
+    site, host = fleet.site, "n3"
+    major, minor, patch = parse_version(__version__)
+    newer = f"{major}.{minor}.{patch + 1}"
+    built = site.pki / "wheels" / f"igris_agent-{__version__}-py3-none-any.whl"
+    bundle = tmp_path / f"igris-{newer}.tar"
+    build_bundle(bundle, signer=Identity.load(site.operator_root()), version=newer,
+                 wheel=rewheel(built, newer, tmp_path), now_ms=wall_ms())
+    digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
+
+    applied = igris_on(site, host, "update", "apply", str(bundle), "--sha256", digest,
+                       "--root", str(site.state_dir(host)), "--json",
+                       env={"IGRIS_CONFIG": str(site.config(host))})
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    done = json.loads(applied.stdout)
+    assert (done["version"], done["slot"], done["restarting"]) == (newer, "b", True)
+    assert fleet.procs[host].wait(20) == 75, fleet.tails()
+    assert otacheck.current_slot(str(site.slots_base(host))) == "b"
+
+    agent = fleet.start(host)  # what systemd's Restart=on-failure does
+    status = wait_status(site.state_dir(host), lambda s: s["versions"]["igris"] == newer, agent)
+    assert status["ota"]["running"] == "b"
+    pending = otacheck.load_state(str(site.slots_base(host)))["pending"]
+    assert pending["slot"] == "b" and pending["boots"] == 1  # counted by the ExecStartPre

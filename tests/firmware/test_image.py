@@ -16,11 +16,12 @@ import pytest
 from agent.compat import wall_ms
 from agent.errors import ConfigInvalid, ProfileNotFound
 from agent.identity import Identity
-from firmware_tools import BootDirInvalid, DevicePaths, MqttTls, prepare_image
+from firmware_tools import BootDirInvalid, DevicePaths, MqttTls, prepare_image, slots
 from firmware_tools.cli import main
+from firmware_tools.firstboot import AgentUnit, render_agent_unit
 from tests.support.agent_process import AgentProcess, short_root
 
-VENV = Path(sys.prefix)  # the venv running the tests holds a real bin/igris
+VENV = Path(sys.prefix)  # the venv running the tests: its python has the agent's dependencies
 
 
 @pytest.fixture
@@ -29,6 +30,14 @@ def boot():
     path = short_root("boot")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def slot_base(tmp_path, agent_wheel) -> Path:
+    """A/B slots as ``igris-fw slots init`` makes them, sharing this venv's dependencies."""
+    base = tmp_path / "opt-igris"
+    slots.init(base, agent_wheel, version="0.1.0", now_ms=wall_ms())
+    return base
 
 
 def mode(path: Path) -> int:
@@ -53,20 +62,35 @@ def test_the_prepared_root_and_config_start_a_real_agent(boot, fleet_ca):
         agent.close()
 
 
-def test_systemd_analyze_accepts_the_rendered_units(boot, fleet_ca, agent_wheel):
+def test_systemd_analyze_accepts_the_rendered_units(boot, fleet_ca, agent_wheel, slot_base):
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
-    # Rendered for this machine's paths, so ExecStart names files that exist here.
-    paths = DevicePaths(boot_mount=str(boot), venv=str(VENV))
+    # Rendered for this machine's paths, so the Exec lines name files that exist here.
+    paths = DevicePaths(boot_mount=str(boot), base=str(slot_base), deps=str(VENV))
     prepare_image(boot, fleet_ca, "pi-07", now_ms=wall_ms(), wheel=agent_wheel, paths=paths)
     units = [boot / "igris" / "igris-firstboot.service", boot / "igris" / "igris-agent.service"]
     result = subprocess.run(["systemd-analyze", "verify", *map(str, units)], check=False,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"ExecStart=/bin/sh {boot}/igris/firstboot.sh" in units[0].read_text()
-    agent_unit = units[1].read_text()
-    assert "Type=notify" in agent_unit and "WatchdogSec=" in agent_unit
-    assert f"ExecStart={VENV}/bin/igris run --root /var/lib/igris" in agent_unit
+    lines = units[1].read_text().splitlines()
+    assert {"Type=notify", "WatchdogSec=30", "Restart=on-failure", "User=igris"} <= set(lines)
+    assert f"ExecStartPre={VENV}/bin/python {slot_base}/ota-check.py {slot_base}" in lines
+    assert (f"ExecStart={slot_base}/current/bin/python -m agent run --root /var/lib/igris "
+            "--config /var/lib/igris/agent.toml") in lines
+    assert f"ReadWritePaths=/var/lib/igris {slot_base}" in lines
+
+
+def test_the_agent_unit_refuses_values_it_cannot_carry():
+    ok = {"base": "/opt/igris", "deps": "/opt/igris-deps", "state_dir": "/var/lib/igris",
+          "config_file": "/etc/igris/agent.toml"}
+    assert "User=agent\n" in render_agent_unit(AgentUnit(**ok, user="agent"))
+    with pytest.raises(ConfigInvalid, match="base 'opt/igris' must be an absolute path"):
+        AgentUnit(**{**ok, "base": "opt/igris"})
+    with pytest.raises(ConfigInvalid, match="user 'igris agent' is not a system account"):
+        AgentUnit(**ok, user="igris agent")
+    with pytest.raises(ConfigInvalid, match="watchdog-sec must be above 0 seconds, got 0"):
+        AgentUnit(**ok, watchdog_sec=0)
 
 
 def shim(bin_dir: Path, name: str, log: Path, status: int = 0) -> None:
@@ -76,13 +100,14 @@ def shim(bin_dir: Path, name: str, log: Path, status: int = 0) -> None:
 
 
 def test_first_boot_script_installs_the_root_enables_the_agent_and_disables_itself(
-        boot, fleet_ca, tmp_path):
+        boot, fleet_ca, tmp_path, slot_base):
     (tmp_path / "tls").mkdir()
     for name in ("ca.pem", "client.pem", "client.key"):
         (tmp_path / "tls" / name).write_text(f"{name}\n")
     device = tmp_path / "device"
-    paths = DevicePaths(boot_mount=str(boot), venv=str(VENV), state_dir=str(device / "state"),
-                        unit_dir=str(device / "units"))
+    # No wheel on the card: the script finds the agent in slots made beforehand.
+    paths = DevicePaths(boot_mount=str(boot), base=str(slot_base), deps=str(VENV),
+                        state_dir=str(device / "state"), unit_dir=str(device / "units"))
     (device / "units").mkdir(parents=True)
     tls = MqttTls(*(tmp_path / "tls" / n for n in ("ca.pem", "client.pem", "client.key")))
     prepare_image(boot, fleet_ca, "pi-07", now_ms=wall_ms(), tls=tls, paths=paths,
@@ -110,6 +135,7 @@ def test_first_boot_script_installs_the_root_enables_the_agent_and_disables_itse
     assert "useradd --system --home-dir " + str(state) in " ".join(calls)
     assert "usermod -a -G gpio igris" in calls
     assert f"chown -R igris:igris {state}" in calls
+    assert f"chown -R igris:igris {slot_base}" in calls
     assert calls.index("systemctl enable igris-agent.service") < calls.index(
         "systemctl disable igris-firstboot.service")
     assert calls[-1] == "systemctl start --no-block igris-agent.service"
@@ -126,6 +152,9 @@ def test_first_boot_script_with_a_wheel_is_valid_sh_and_installs_it(boot, fleet_
     assert subprocess.run(["sh", "-n", str(script)], check=False).returncode == 0
     text = script.read_text()
     assert f"WHEEL={agent_wheel.name}\n" in text and "FOLDER=/boot/firmware/igris\n" in text
+    assert "BASE=/opt/igris\n" in text and "DEPS=/opt/igris-deps\n" in text
+    assert ('"$DEPS/bin/python" -m firmware_tools slots init --base "$BASE" '
+            '--wheel "$FOLDER/wheel/$WHEEL"') in text
     copied = boot / "igris" / "wheel" / agent_wheel.name
     assert copied.read_bytes() == agent_wheel.read_bytes()
 
