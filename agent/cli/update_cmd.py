@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="install a version older than the running one")
     apply.add_argument("--deadline", type=float, default=120.0, metavar="S",
                        help="seconds the new version has to prove healthy (default 120)")
+    apply.add_argument("--config", type=Path,
+                       help="the agent's agent.toml, for its target profile (default: "
+                            "$IGRIS_CONFIG or <root>/agent.toml)")
     apply.add_argument("--no-restart", action="store_true",
                        help="switch only; the agent runs the new slot at its next start")
     _common(apply)
@@ -78,7 +81,8 @@ def apply_cmd(args: argparse.Namespace) -> int:
     running = state["slots"].get(state["current"] or "", {}).get("version", agent.__version__)
     done: dict[str, Any] = slots.apply(
         base, args.source, sha256=args.sha256, ca_public=Identity.load(root).ca_public,
-        target=load_config(root).agent.target, current_version=running, now_ms=wall_ms,
+        target=load_config(root, config_file=args.config).agent.target,
+        current_version=running, now_ms=wall_ms,
         allow_downgrade=args.allow_downgrade, deadline_s=args.deadline)
     done["restarting"] = False
     if not args.no_restart:

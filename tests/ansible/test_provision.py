@@ -42,8 +42,8 @@ from firmware_tools import otacheck, slots
 from firmware_tools.bundle import build_bundle
 from firmware_tools.firstboot import AgentUnit, agent_unit_jinja_template, render_agent_unit
 from firmware_tools.version import parse_version
-from tests.firmware.test_ota import rewheel
 from tests.support.broker import find_mosquitto, free_port, make_test_pki
+from tests.support.wheels import rewheel
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,29 +22,9 @@ from firmware_tools.bundle import build_bundle
 from tests.support.agent_process import short_root
 from tests.support.fleet import run_cli
 from tests.support.slot_runner import SlotAgent
+from tests.support.wheels import rewheel
 
 FAST = {"IGRIS_HEALTH_HEARTBEAT_S": "0.5"}
-
-
-def rewheel(wheel: Path, version: str, out_dir: Path, *, crash: bool = False) -> Path:
-    """The agent wheel as release ``version`` (and, with ``crash``, one whose agent exits at
-    once with status 3, as a release with a broken start would)."""
-    old = re.match(r"igris_agent-([^-]+)-", wheel.name).group(1)
-    out = out_dir / wheel.name.replace(old, version)
-    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(out, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item)
-            name = item.filename.replace(f"igris_agent-{old}.dist-info",
-                                         f"igris_agent-{version}.dist-info")
-            if item.filename == "agent/__init__.py":
-                data = data.replace(f'__version__ = "{old}"'.encode(),
-                                    f'__version__ = "{version}"'.encode())
-            elif name.endswith(".dist-info/METADATA"):
-                data = data.replace(f"Version: {old}".encode(), f"Version: {version}".encode())
-            elif crash and item.filename == "agent/__main__.py":
-                data = b"raise SystemExit(3)\n"
-            dst.writestr(name, data)
-    return out
 
 
 @pytest.fixture
