@@ -339,11 +339,10 @@ class UnitCommand:
 
 def igris_on(site: Site, host: str, *args: str, env: dict[str, str] | None = None
              ) -> subprocess.CompletedProcess:
-    """``igris ARGS`` as the device's running slot has it (``current/bin/python -m agent``),
-    run from the slots' folder (not the checkout, whose agent/ ``-m`` would find first)."""
-    base = site.slots_base(host)
-    return subprocess.run([str(base / "current/bin/python"), "-m", "agent", *args],
-                          check=False, capture_output=True, text=True, timeout=30, cwd=base,
+    """``igris ARGS`` on the device: the play's ``usr/local/bin/igris``, which runs the
+    running slot's CLI (``current/bin/python -m agent``) from ``/``."""
+    return subprocess.run([str(site.prefix(host) / "usr/local/bin/igris"), *args],
+                          check=False, capture_output=True, text=True, timeout=30,
                           env={**os.environ, **(env or {})})
 
 
