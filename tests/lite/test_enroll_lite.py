@@ -12,7 +12,7 @@ import pytest
 from agent.errors import KeyFileInvalid
 from agent.identity.lite import read_lite_record
 from firmware_tools.errors import FirmwareError
-from firmware_tools.micropython import board_bundle, strip_source
+from firmware_tools.micropython import BOARD_SIZE_GOAL, board_bundle, strip_source
 from tests.support.fleet import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ def test_a_record_others_can_read_is_refused(tmp_path: Path) -> None:
 def test_bundle_lists_every_portable_module_and_the_copy_commands(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"device_id": "esp-1"}))
-    bundle = board_bundle(config, tmp_path / "out", port="/dev/ttyUSB0")
+    bundle = board_bundle(config, tmp_path / "out", port="/dev/ttyUSB0", mpy=False)
     targets = [f.target for f in bundle.files]
     wire = sorted("agent/wire/" + p.name for p in (REPO / "agent" / "wire").glob("*.py"))
     assert targets == ["agent/__init__.py", "agent/errors.py", "agent/compat/__init__.py",
@@ -102,6 +102,20 @@ def test_bundle_lists_every_portable_module_and_the_copy_commands(tmp_path: Path
     assert bundle.total_bytes < bundle.original_bytes * 0.7
     print("board source:", bundle.total_bytes, "bytes stripped,", bundle.original_bytes,
           "as written")
+
+
+def test_compiled_bundle_meets_the_size_goal(tmp_path: Path) -> None:
+    # The real config of a lite device: its size counts too.
+    config = tmp_path / "config.json"
+    config.write_text((REPO / "targets" / "micropython" / "config.json").read_text())
+    bundle = board_bundle(config, tmp_path / "out", mpy=True)
+    targets = [f.target for f in bundle.files]
+    assert "lite_agent.mpy" in targets and "agent/wire/envelope.mpy" in targets
+    assert "boot.py" in targets and "main.py" in targets  # MicroPython runs these as source
+    assert not any(t.endswith(".py") for t in targets if t not in ("boot.py", "main.py"))
+    assert bundle.total_bytes <= BOARD_SIZE_GOAL
+    print(f"board files: {bundle.total_bytes} bytes compiled, {bundle.original_bytes} as "
+          f"written (goal <= {BOARD_SIZE_GOAL})")
 
 
 def test_stripping_keeps_the_code_and_drops_the_rest() -> None:

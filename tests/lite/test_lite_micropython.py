@@ -88,7 +88,7 @@ def board_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("board")
     config = out / "source-config.json"
     config.write_text(json.dumps(CONFIG))
-    bundle = board_bundle(config, out / "files")
+    bundle = board_bundle(config, out / "files", mpy=True)  # the .mpy files a board gets
     files = {micropython.VFS_ROOT + "/" + f.target: f.source for f in bundle.files}
     files[micropython.VFS_ROOT + "/memory_mqtt.py"] = HERE / "memory_mqtt.py"
     commands, last = _commands()
