@@ -71,8 +71,15 @@ class OtaGuard:
 
         base, slot = self.where
         self._record_last()  # e.g. a rollback the boot check did before this start
-        pending = otacheck.load_state(str(base)).get("pending")
+        state = otacheck.load_state(str(base))
+        pending = state.get("pending")
         if pending and pending["slot"] == slot:
+            if not pending.get("recorded"):  # the first start of the new slot
+                self._record("ota", {"result": "switched", "version": pending["version"],
+                                     "slot": slot, "previous": pending["previous"],
+                                     "deadline_ms": pending["deadline_ms"]})
+                pending["recorded"] = True
+                otacheck.save_state(str(base), state)
             self._task = asyncio.create_task(self._prove(pending), name="igris.ota.prove")
 
     def _record_last(self) -> None:
