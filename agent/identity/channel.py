@@ -37,9 +37,9 @@ from agent.wire import (
     ReplayGuard,
     check_skew,
     parse_envelope,
-    sign_envelope,
     verify_envelope,
 )
+from agent.wire.envelope import fresh_ids, seal_envelope
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,14 @@ class SignedChannel:
         self._checkers: dict[bytes, Callable[[bytes, bytes], bool]] = {}  # by verify key
         self._seen_certs: dict[str, tuple[dict, Certificate]] = {}  # by sender
         trust.learn(identity.certificate)
+        # Read once: sealing is on every message's path.
+        self._src = identity.device_id
+        self._sign = identity.sign
+        self._ids = fresh_ids()
 
     def seal(self, kind: str, body: dict) -> Envelope:
         """A new envelope from this device, stamped and signed."""
-        env = Envelope(self.identity.device_id, kind, body, self.hlc.now())
-        return sign_envelope(env, self.identity.sign)
+        return seal_envelope(self._src, kind, body, self.hlc.now(), next(self._ids), self._sign)
 
     async def publish(
         self,

@@ -57,6 +57,9 @@ def test_birth_teaches_key_then_heartbeats_are_accepted(fleet):
     (b"[1,2,3]", "not_envelope"),
     (b"x" * 70_000, "oversize"),
     (b'{"v":9,"id":"x","src":"b","ts":[1,0],"kind":"state","body":{}}', "bad_version"),
+    # a sig with no UTF-8 form: once a UnicodeEncodeError out of the gate
+    (b'{"body":{},"id":"x","kind":"state","sig":"\\ud800","src":"b","ts":[1,0],"v":1}',
+     "not_json"),
 ])
 def test_malformed_payloads_are_dropped_and_counted(fleet, payload, reason):
     _, ids = fleet

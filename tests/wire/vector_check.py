@@ -253,6 +253,29 @@ def _op_sig_sign(lib, v):
     _equal(v["encode"].encode("utf-8"), env.encode(), "encode")
 
 
+def _op_sig_seal(lib, v):
+    # The sender's one-pass path gives the bytes sign_envelope() gives.
+    sign, verify = _toy_sign(lib)
+    f = v["envelope"]
+    env = lib.envelope.seal_envelope(f["src"], f["kind"], f["body"], f["ts"], f["id"], sign)
+    _equal(v["expect_sig"], env.sig, "sig")
+    _equal(v["signing_bytes"].encode("utf-8"), env.signing_bytes(), "signing_bytes")
+    _equal(v["encode"].encode("utf-8"), env.encode(), "encode")
+    _equal(lib.envelope.sign_envelope(_make_envelope(lib, f), sign).encode(), env.encode(),
+           "sign_envelope's bytes")
+    received = lib.envelope.parse_envelope(env.encode())
+    _equal("ok", _outcome(lib, lib.envelope.verify_envelope, received, verify), "verify")
+
+
+def _op_fresh_ids(lib, v):
+    ids = lib.envelope.fresh_ids(v["batch"])
+    got = [next(ids) for _ in range(v["count"])]
+    for one in got:
+        _equal(22, len(one), "length of an id")
+        _equal(16, len(lib.compat.b64url_decode(one)), "bytes in an id")
+    _equal(len(got), len(set(got)), "distinct ids")
+
+
 def _op_sig_verify(lib, v):
     _sign, verify = _toy_sign(lib)
     env = lib.envelope.parse_envelope(v["wire"].encode("utf-8"))
@@ -419,6 +442,8 @@ _OPS = {
     "mac_verify": _op_mac_verify,
     "receive_mac": _op_receive_mac,
     "sig_sign": _op_sig_sign,
+    "sig_seal": _op_sig_seal,
+    "fresh_ids": _op_fresh_ids,
     "sig_verify": _op_sig_verify,
     "parse_envelope": _op_parse_envelope,
     "check_skew": _op_check_skew,
