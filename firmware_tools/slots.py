@@ -45,6 +45,8 @@ DEPS_PTH = "igris-deps.pth"
 CHECK_SCRIPT = "ota-check.py"
 DEFAULT_DEADLINE_S = 120.0
 STEPS = ("fetch", "verify", "install", "pending", "switch")
+MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+"""A bundle is an agent wheel and a manifest: anything near this is not one."""
 
 
 def default_deps() -> Path:
@@ -119,14 +121,25 @@ def init(base: Path, wheel: Path, *, version: str, deps: Path | None = None,
 
 def fetch(source: str, sha256: str, into: Path) -> Path:
     """The bundle at ``source`` (a path, ``file://`` or ``http(s)://`` URL) copied to ``into``,
-    checked against the expected SHA-256 (hex) before anything reads it."""
+    at most :data:`MAX_BUNDLE_BYTES`, checked against the expected SHA-256 (hex) before
+    anything reads it."""
     into.parent.mkdir(parents=True, exist_ok=True)
-    if source.startswith(("http://", "https://", "file://")):
-        with urllib.request.urlopen(source, timeout=60) as response, into.open("wb") as out:
-            shutil.copyfileobj(response, out)
-    else:
-        shutil.copyfile(source, into)
-    digest = hashlib.sha256(into.read_bytes()).hexdigest()
+    url = source if source.startswith(("http://", "https://", "file://")) else None
+    hasher = hashlib.sha256()
+    try:
+        with (urllib.request.urlopen(url, timeout=60) if url else open(source, "rb")) as src, \
+                into.open("wb") as out:
+            size = 0
+            while chunk := src.read(1 << 16):
+                size += len(chunk)
+                if size > MAX_BUNDLE_BYTES:
+                    raise BundleRejected("too-large",
+                                         f"{source} is over {MAX_BUNDLE_BYTES} bytes")
+                hasher.update(chunk)
+                out.write(chunk)
+    except OSError as exc:  # urllib's URLError and HTTPError are OSErrors too
+        raise BundleRejected("fetch", f"cannot read {source}: {exc}") from None
+    digest = hasher.hexdigest()
     if digest != sha256.lower():
         into.unlink()
         raise BundleRejected("digest", f"{source} has SHA-256 {digest}, expected {sha256}")
@@ -147,6 +160,12 @@ def apply(base: Path, source: str, *, sha256: str, ca_public: bytes, target: str
     if running not in SLOT_NAMES:
         raise FirmwareError(f"{base} holds no A/B slots (no 'current' link); provision it "
                             "first (igris-fw or the igris_agent role)")
+    pending = otacheck.load_state(str(base)).get("pending")
+    if pending and pending["slot"] == running:
+        # The other slot is the one to roll back to: it must not be overwritten.
+        raise BundleRejected("busy", f"the update to {pending['version']} is still proving "
+                                     "itself healthy; apply again once it is confirmed or "
+                                     "rolled back (igris update status)")
     slot = "b" if running == "a" else "a"
     work = base / "incoming"
     if work.exists():

@@ -239,3 +239,20 @@ def test_igris_fw_slots_init_makes_a_slot_that_runs(agent_wheel, tmp_path):
                              capture_output=True, text=True, check=True, cwd=base, timeout=60)
     assert json.loads(version.stdout)["igris"] == out["version"]
     assert slots.status(base)["current"] == "a" and (base / "ota-check.py").exists()
+
+
+def test_an_apply_waits_while_the_last_update_is_still_proving_itself(device):
+    bundle, digest = device.bundle("0.2.0")
+    assert device.update(bundle, digest, "--no-restart").returncode == 0
+    # Not confirmed yet (no agent ran it): slot a is the way back and must stay whole.
+    newer, newer_digest = device.bundle("0.3.0")
+    busy = device.update(newer, newer_digest, "--no-restart")
+    assert busy.returncode == 1 and "busy" in busy.stderr and "0.2.0" in busy.stderr
+    state = slots.status(device.slots_base)
+    assert state["slots"]["a"]["version"] == "0.1.0" and state["pending"]["version"] == "0.2.0"
+
+
+def test_a_missing_bundle_is_a_clear_error(device, tmp_path):
+    missing = device.update(tmp_path / "nope.tar", "0" * 64)
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
+    assert "Traceback" not in missing.stderr
