@@ -230,10 +230,7 @@ class CommandServer:
             raise CommandRefused("expired", "the request's deadline has passed")
         cert = self.channel.trust.certificate(env.src)
         role = cert.role if cert else "unknown"
-        roles = self._policy_section("commands").get("roles", {}).get(name, spec.roles)
-        if role not in roles:
-            raise CommandRefused(
-                "forbidden", f"{name} needs role {' or '.join(roles)}; {env.src!r} is a {role}")
+        self._check_role(spec, env.src, role)
         args = spec.check_args(body.get("args", {}))
         return spec, CommandCall(env.id, name, args, env.src, role)
 
@@ -336,15 +333,27 @@ class CommandServer:
 
         return await self._execute_unsigned("mqtt-", PLAIN_CALLER, "plain", name, args, admit)
 
-    async def execute_local(self, name: str, args: Any, *, by: str) -> dict[str, Any]:
+    async def execute_local(self, name: str, args: Any, *, by: str,
+                            role: str) -> dict[str, Any]:
         """Run a command on this device for a part of this agent (a task step); the reply.
 
-        What asks has this agent's own authority (a task came through the
-        control socket or from a scheduler's signed ``task.run``), so every
-        command may run; the ledger records it as ``by``.
+        ``role`` is the authority the work came with: ``operator`` for a task
+        submitted through the control socket (the device's owner), the
+        caller's certificate role for one a scheduler sent with ``task.run``.
+        It must be allowed to run the command as a signed request would be,
+        so a task cannot reach what its sender could not; the ledger records
+        it as ``by``.
         """
-        return await self._execute_unsigned("local-", by, "scheduler", name, args,
-                                            lambda _spec: None)
+        return await self._execute_unsigned("local-", by, role, name, args,
+                                            lambda spec: self._check_role(spec, by, role))
+
+    def _check_role(self, spec: CommandSpec, caller: str, role: str) -> None:
+        """The policy's ``commands.roles`` for the command, else its own roles."""
+        roles = self._policy_section("commands").get("roles", {}).get(spec.name, spec.roles)
+        if role not in roles:
+            raise CommandRefused(
+                "forbidden", f"{spec.name} needs role {' or '.join(roles)}; {caller!r} is a "
+                             f"{role}")
 
     async def _execute_unsigned(self, prefix: str, caller: str, role: str, name: str,
                                 args: Any, admit: Callable[[CommandSpec], None]

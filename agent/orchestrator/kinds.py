@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,11 @@ from agent.orchestrator.models import BUILTIN_KINDS, TaskSpec
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "igris.task_kinds"
+
+TASK_ROLE: ContextVar[str] = ContextVar("igris_task_role", default="operator")
+"""The authority a running task has for the commands it runs: ``operator`` for the local
+queue (filled through the control socket by the device's owner), the caller's role for a
+task another scheduler sent (set by ``task.run``)."""
 
 KindHandler = Callable[[TaskSpec], Awaitable[Any]]
 """Runs one task of its kind here; returns the JSON result, raises to fail the attempt."""
@@ -46,8 +52,9 @@ class KindContext:
     sample: Callable[[], Awaitable[dict[str, Any]]]
     """A fresh health sample, as ``HealthReport.to_dict()`` (GPIO inputs included)."""
     memory: MemoryStore
-    run_command: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
-    """Run a registered command here; the reply ``{"ok", "result" | "error"}``."""
+    run_command: Callable[[str, dict[str, Any], str], Awaitable[dict[str, Any]]]
+    """Run a registered command here with a role's authority; the reply ``{"ok", "result" |
+    "error"}``."""
 
 
 def _arg(spec: TaskSpec, name: str, kind: type | tuple[type, ...], *, required: bool = True,
@@ -119,7 +126,7 @@ def builtin_kinds(ctx: KindContext) -> dict[str, KindHandler]:
         return await _run(spec, "action.run", {"name": _arg(spec, "name", str)})
 
     async def _run(spec: TaskSpec, name: str, args: dict[str, Any]) -> Any:
-        reply = await ctx.run_command(name, args)
+        reply = await ctx.run_command(name, args, TASK_ROLE.get())
         if not reply.get("ok"):
             error = reply.get("error") or {}
             raise TaskFailed(f"{name} refused: {error.get('code')}: {error.get('message', '')}")

@@ -36,7 +36,7 @@ from typing import Any
 
 from agent.bus import ROLES_MUTATE, Arg, CommandCall, CommandSpec
 from agent.errors import CommandFailed, CommandRefused, TaskFailed, TaskInvalid
-from agent.orchestrator.kinds import KindHandler
+from agent.orchestrator.kinds import TASK_ROLE, KindHandler
 from agent.orchestrator.models import MAX_TIMEOUT_S, Placement, Plan, Task, TaskSpec
 from agent.orchestrator.placement import Decision, NodeView, Thresholds, place
 from agent.orchestrator.queue import TaskQueue
@@ -195,6 +195,7 @@ class Scheduler:
             attempt = self._served.get(key)
             if attempt is None:  # a repeat of an attempt gets its outcome, not a second run
                 self.counters["served"] += 1
+                TASK_ROLE.set(call.role)  # the task runs commands with its sender's authority
                 attempt = asyncio.create_task(self._serve(call.args["id"], spec, handler),
                                               name=f"igris.task.{call.args['id']}")
                 self._served[key] = attempt

@@ -48,7 +48,8 @@ class Orchestration:
         self.queue = TaskQueue(db, now_ms=now_ms)
         context = KindContext(
             device_id=self.device_id, infer=infer, sample=sample, memory=memory,
-            run_command=lambda name, args: commands.execute_local(name, args, by="task"))
+            run_command=lambda name, args, role: commands.execute_local(name, args, by="task",
+                                                                        role=role))
         dispatches = certificate.role in DISPATCH_ROLES
         self.scheduler = Scheduler(
             self.queue, builtin_kinds(context), device_id=self.device_id, nodes=self.nodes,

@@ -35,8 +35,8 @@ def parts(tmp_path, identity):
                    policy_section=lambda name: POLICY.get(name, {}), state=DeviceState)
     commands = []
 
-    async def run_command(name, args):
-        commands.append((name, args))
+    async def run_command(name, args, role):
+        commands.append((name, args, role))
         if name == "ping":
             return {"ok": True, "result": {"pong": True}}
         return {"ok": False, "error": {"code": "forbidden", "message": f"{name} not here"}}
@@ -93,7 +93,8 @@ async def test_command_and_action_go_through_the_command_registry(parts):
     assert await kinds["command"](spec("command", {"command": "ping"})) == {"pong": True}
     with pytest.raises(TaskFailed, match=r"action\.run refused: forbidden"):
         await kinds["action"](spec("action", {"name": "reboot-camera"}))
-    assert commands == [("ping", {}), ("action.run", {"name": "reboot-camera"})]
+    assert commands == [("ping", {}, "operator"),
+                        ("action.run", {"name": "reboot-camera"}, "operator")]
 
 
 @pytest.mark.parametrize(("kind", "args", "message"), [

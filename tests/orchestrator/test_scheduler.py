@@ -13,7 +13,7 @@ import warnings
 
 import pytest
 
-from agent.bus import Bus, CommandRegistry, CommandServer
+from agent.bus import Bus, CommandRegistry, CommandServer, CommandSpec
 from agent.bus.builtins import BuiltinContext, builtin_commands
 from agent.compat import wall_ms
 from agent.device import HealthLed, HealthMonitor, load_profile
@@ -62,7 +62,8 @@ class TaskNode(Node):
 
         kinds = builtin_kinds(KindContext(
             device_id=ident.device_id, infer=no_models, sample=self.sample, memory=self.store,
-            run_command=lambda name, args: self.server.execute_local(name, args, by="task")))
+            run_command=lambda name, args, role: self.server.execute_local(
+                name, args, by="task", role=role)))
         self.views = views
         self.stopped = False
         self.scheduler = Scheduler(
@@ -262,3 +263,22 @@ async def test_a_restarted_scheduler_takes_back_its_leases_at_once(nodes):
     task = await finished(sched, tid)
     assert task.state == "done" and task.attempts == 1
     assert sched.scheduler.counters["reclaimed"] == 1
+
+
+async def test_a_task_runs_commands_with_its_senders_authority_only(nodes):
+    nodes = await nodes()
+    sched, c = nodes["sched"], nodes["c"]
+
+    async def secret(_call):
+        return {"ran": True}
+
+    c.registry.add(CommandSpec("op.only", secret, "for operators", mutates=True,
+                               roles=("operator",)))
+    sched.views = [alive("c", groups=("kitchen",))]
+    # Sent by a scheduler: it may not reach a command only operators may run.
+    (tid,) = sched.scheduler.submit(spec("x", "command", {"command": "op.only"}, retries=0))
+    task = await finished(sched, tid)
+    assert task.state == "dead" and "op.only needs role operator" in task.error
+    # Queued on the device itself (its owner, through the control socket): it may.
+    (own,) = c.scheduler.submit(spec("y", "command", {"command": "op.only"}))
+    assert (await finished(c, own)).result == {"ran": True}
