@@ -32,6 +32,7 @@ from agent.wire import (
     parse_envelope,
     verify_envelope_mac,
 )
+from tests.lite.memory_mqtt import MemoryPins
 from tests.support.clock import Clock
 from tests.support.inproc_fleet import NOW, settle
 
@@ -114,7 +115,7 @@ class Rig:
         config = json.loads(self.enrollment.config_path.read_text())
         self.board = lite_agent.LiteAgent(
             config, InprocUmqtt(InprocTransport(self.hub, client_id="lite-01")), session,
-            pins=_Pins(), read_sensors=lambda: {"celsius": 20.0}, now_ms=self.clock,
+            pins=MemoryPins({}), read_sensors=lambda: {"celsius": 20.0}, now_ms=self.clock,
             ticks_ms=lambda: self.ticks)
         self.board.start()
         await settle()
@@ -144,17 +145,6 @@ class Rig:
 
     async def close(self) -> None:
         await self.gateway.stop()
-
-
-class _Pins:
-    def __init__(self) -> None:
-        self.levels: dict[int, int] = {}
-
-    def read(self, gpio: int) -> int:
-        return self.levels.get(gpio, 0)
-
-    def write(self, gpio: int, value: int) -> None:
-        self.levels[gpio] = value
 
 
 @pytest.fixture

@@ -95,32 +95,20 @@ class MQTTClient:
 def main(argv: list[str]) -> int:
     """Run the lite agent of ``argv[1]`` (config.json) as boot ``argv[2]`` until killed."""
     root = Path(__file__).resolve().parents[2]
-    sys.path.insert(0, str(root / "targets" / "micropython"))
+    sys.path[:0] = [str(root / "targets" / "micropython"), str(root / "tests" / "lite")]
     from lite_agent import LiteAgent
+    from memory_mqtt import MemoryPins  # the board's pins, in memory
 
     config = json.loads(Path(argv[1]).read_text())
     broker = config["broker"]
     client = MQTTClient(config["device_id"], broker["host"], broker["port"],
                         keepalive=int(config.get("keepalive_s", 30)))
-    agent = LiteAgent(config, client, int(argv[2]), pins=_Pins(),
+    agent = LiteAgent(config, client, int(argv[2]), pins=MemoryPins({}),
                       read_sensors=lambda: {"celsius": 21.0})
     agent.start()
     print("lite agent", config["device_id"], "up", flush=True)
     agent.run(lambda ms: time.sleep(ms / 1000))
     return 0
-
-
-class _Pins:
-    """A pin bank in memory (CPython has no board pins)."""
-
-    def __init__(self) -> None:
-        self.levels: dict[int, int] = {}
-
-    def read(self, gpio: int) -> int:
-        return self.levels.get(gpio, 0)
-
-    def write(self, gpio: int, value: int) -> None:
-        self.levels[gpio] = value
 
 
 if __name__ == "__main__":
