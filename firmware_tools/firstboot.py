@@ -254,7 +254,8 @@ NotifyAccess=main
 WatchdogSec={watchdog_sec}
 # The boot check runs before every start: it counts the starts of a slot that an
 # update just switched to, and points current back when that slot never confirms.
-ExecStartPre={deps}/bin/python {base}/ota-check.py {base}
+# "-": a check that fails for any other reason must not keep the agent down.
+ExecStartPre=-{deps}/bin/python {base}/ota-check.py {base}
 ExecStart={base}/current/bin/python -m agent run --root {state_dir} --config {config_file}
 User={user}
 Group={group}

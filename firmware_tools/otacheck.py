@@ -36,11 +36,21 @@ def now_ms():
 
 
 def load_state(base):
+    """ota.json, or a fresh state when there is none; a file that does not parse is moved
+    aside (``ota.json.corrupt``) so the device starts on the slot ``current`` names."""
+    path = os.path.join(base, STATE)
     try:
-        with open(os.path.join(base, STATE)) as fh:
-            return json.load(fh)
+        with open(path) as fh:
+            state = json.load(fh)
+        if not isinstance(state, dict) or not isinstance(state.get("slots"), dict):
+            raise ValueError("not an ota.json object")
+        return state
     except FileNotFoundError:
-        return {"format": 1, "slots": {}, "pending": None, "last": None}
+        pass
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        print(f"ota-check: {path} is unreadable ({exc}); moved aside", file=sys.stderr)
+        os.replace(path, path + ".corrupt")
+    return {"format": 1, "slots": {}, "pending": None, "last": None}
 
 
 def save_state(base, state):

@@ -252,7 +252,7 @@ def test_systemd_analyze_verify_accepts_the_unit(provisioned):
     for line in ("Type=notify", "WatchdogSec=30", "Restart=on-failure", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes",
                  f"ReadWritePaths={site.state_dir('n1')} {site.slots_base('n1')}",
-                 f"ExecStartPre={site.deps('n1')}/bin/python {site.slots_base('n1')}/ota-check.py "
+                 f"ExecStartPre=-{site.deps('n1')}/bin/python {site.slots_base('n1')}/ota-check.py "
                  f"{site.slots_base('n1')}"):
         assert line in text.splitlines(), line
     proc = subprocess.run([_need("systemd-analyze"), "verify", str(unit)],
@@ -327,8 +327,8 @@ class UnitCommand:
         env: dict[str, str] = {}
         for line in unit.read_text().splitlines():
             key, _, value = line.partition("=")
-            if key == "ExecStartPre":
-                pre.append(shlex.split(value))
+            if key == "ExecStartPre":  # a leading "-": systemd ignores its failure
+                pre.append(shlex.split(value.removeprefix("-")))
             elif key == "ExecStart":
                 start = shlex.split(value)
             elif key == "Environment":

@@ -75,7 +75,7 @@ def test_systemd_analyze_accepts_the_rendered_units(boot, fleet_ca, agent_wheel,
     assert f"ExecStart=/bin/sh {boot}/igris/firstboot.sh" in units[0].read_text()
     lines = units[1].read_text().splitlines()
     assert {"Type=notify", "WatchdogSec=30", "Restart=on-failure", "User=igris"} <= set(lines)
-    assert f"ExecStartPre={VENV}/bin/python {slot_base}/ota-check.py {slot_base}" in lines
+    assert f"ExecStartPre=-{VENV}/bin/python {slot_base}/ota-check.py {slot_base}" in lines
     assert (f"ExecStart={slot_base}/current/bin/python -m agent run --root /var/lib/igris "
             "--config /var/lib/igris/agent.toml") in lines
     assert f"ReadWritePaths=/var/lib/igris {slot_base}" in lines

@@ -256,3 +256,12 @@ def test_a_missing_bundle_is_a_clear_error(device, tmp_path):
     missing = device.update(tmp_path / "nope.tar", "0" * 64)
     assert missing.returncode == 1 and "cannot read" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_a_corrupt_ota_state_is_moved_aside_and_the_device_starts(device):
+    state = device.slots_base / "ota.json"
+    state.write_text("{ not json")
+    agent = device.start()
+    wait_version(agent, "0.1.0")  # the boot check did not stop the start
+    assert (device.slots_base / "ota.json.corrupt").read_text() == "{ not json"
+    assert "unreadable" in agent.output()
