@@ -174,27 +174,6 @@ def _export(row: tuple[Any, ...]) -> dict[str, Any]:
             "deleted": bool(deleted), "key_id": key_id, "blob": b64url_encode(blob)}
 
 
-def export_rows(store: MemoryStore, pool: str, *, bucket: int | None = None,
-                after: str | None = None, limit: int | None = None) -> tuple[list[dict[str, Any]],
-                                                                        str | None]:
-    """Sealed rows of ``pool`` (of one bucket, if given) in key order after ``after``.
-
-    Returns ``(rows, next)``: ``next`` is the key to continue after, None at the end.
-    """
-    limit = CHUNK if limit is None else limit
-    rows: list[dict[str, Any]] = []
-    size = 0
-    for row in _live_rows(store, pool, after or ""):
-        if bucket is not None and bucket_of(row[0]) != bucket:
-            continue
-        exported = _export(row)
-        if rows and (len(rows) == limit or size + len(exported["blob"]) > CHUNK_BYTES):
-            return rows, rows[-1]["key"]
-        size += len(exported["blob"])
-        rows.append(exported)
-    return rows, None
-
-
 def head_seq(store: MemoryStore) -> int:
     """The highest seq of this database's document rows (0 before the first): the newest
     write, since seqs only grow (see :meth:`MemoryStore.sweep`)."""

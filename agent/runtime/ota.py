@@ -86,7 +86,8 @@ class OtaGuard:
         """Put the last outcome in ota.json into the ledger, once."""
         from firmware_tools import otacheck
 
-        base = str(self.where[0]) if self.where else ""
+        assert self.where is not None  # called only for an agent that runs from slots
+        base = str(self.where[0])
         state = otacheck.load_state(base)
         last = state.get("last")
         if last and not last.get("recorded"):
@@ -109,7 +110,8 @@ class OtaGuard:
     async def _prove(self, pending: dict[str, Any]) -> None:
         from firmware_tools import slots
 
-        base, slot = self.where or (Path(), "")
+        assert self.where is not None  # started only for an agent that runs from slots
+        base, slot = self.where
         while not self._healthy():
             if self._now_ms() > pending["deadline_ms"]:
                 self.outcome = slots.roll_back(base, slot, self._now_ms(),

@@ -14,53 +14,29 @@ from typing import Any
 import pytest
 
 from agent.cli.peers_cmd import table
-from agent.db import Database
 from agent.gateway import Gateway, LiteKeyring, LiteTopics
-from agent.identity import Identity, SignedChannel, TrustStore, enroll
 from agent.identity.lite import enroll_lite
-from agent.mesh import Membership, Presence, resolve_scope
 from agent.mesh.peers import RelayedPeer
-from agent.transport import InprocTransport
-from agent.wire import Envelope, HybridClock, ParsedTopic, Topics, mac_envelope, matches
+from agent.wire import Envelope, ParsedTopic, Topics, mac_envelope, matches
+from tests.mesh.test_membership import Node as MeshNode
 from tests.support.inproc_fleet import NOW, node_factory, settle
 
 
-class Node:
-    """One full agent on the shared hub; ``lite_dir`` makes it a gateway for lite devices."""
+class Node(MeshNode):
+    """One full agent on the shared hub; ``gateway`` makes it a gateway for lite devices."""
 
     def __init__(self, tmp: Path, hub: Any, ca: Any, dev: str, clock: Any, *,
                  groups: tuple[str, ...] = ("lab",), caps: tuple[str, ...] = (),
                  gateway: bool = False, scope: str = "auto"):
-        self.root = tmp / dev
-        if not (self.root / "cert.json").exists():
-            enroll(self.root, ca, dev, now_ms=NOW, days=10, groups=groups, caps=caps)
-        self.identity = Identity.load(self.root)
-        self.clock = clock
-        self.db = Database.open(self.root / "igris.db")
-        self.transport = InprocTransport(hub, client_id=dev)
-        self.channel = SignedChannel(
-            self.transport, self.identity,
-            TrustStore(self.identity.ca_public, fleet="lab", now_ms=clock),
-            hlc=HybridClock(clock), now_ms=clock)
-        self.topics = Topics("lab")
-        self.presence = Presence(self.channel, self.topics, session=1,
-                                 describe=lambda: {"target": "generic-linux"},
-                                 health=lambda: {"status": "healthy"}, heartbeat_s=3600)
-        self.membership = Membership(
-            self.channel, self.topics, self.db,
-            scope=resolve_scope(scope, self.identity.certificate),
-            suspect_after_s=30, dead_after_s=90, now_ms=clock, tick_s=3600)
+        super().__init__(tmp, hub, ca, dev, clock, groups=groups, caps=caps,
+                         scope=None if scope == "auto" else scope)
         self.lite_topics = LiteTopics(self.topics)
         self.gateway = Gateway(self.channel, self.lite_topics, LiteKeyring(self.root / "lite"),
                                now_ms=clock, tick_s=3600) if gateway else None
         self.keys: dict[str, bytes] = {}
-        self.closed = False
 
     async def start(self) -> Node:
-        self.transport.set_will(self.presence.will())
-        await self.transport.start()
-        await self.membership.start()
-        await self.presence.start()
+        await super().start()
         if self.gateway is not None:
             await self.gateway.start()
         return self
@@ -68,19 +44,12 @@ class Node:
     async def stop(self) -> None:
         if self.gateway is not None:
             await self.gateway.stop()
-        await self.membership.stop()
-        await self.presence.stop()
-        await self.transport.stop()
-        self.db.close()
-        self.closed = True
+        await super().stop()
 
     async def crash(self) -> None:
         if self.gateway is not None:
             await self.gateway.stop()
-        await self.membership.stop()
-        await self.transport.abort()
-        self.db.close()
-        self.closed = True
+        await super().crash()
 
     def enroll_lite(self, device: str) -> None:
         made = enroll_lite(self.root.parent / f"board-{device}", device_id=device, fleet="lab",

@@ -13,10 +13,12 @@ from agent.memory import sync as memsync
 from agent.memory.sync import (
     BUCKETS,
     MemorySync,
+    bucket_index,
+    bucket_of,
     bus_requester,
-    export_rows,
     merge_rows,
     pool_digest,
+    rows_for,
 )
 from agent.transport import InprocBroker
 from agent.wire import HybridClock
@@ -175,7 +177,7 @@ async def test_a_delete_never_resurrects(fleet):
     a, b = n["a"], n["b"]
     a.store.put(POOL, "k", "old")
     await b.sync.sync("a", POOL)
-    old_rows, _ = export_rows(b.store, POOL)
+    old_rows = rows_for(b.store, POOL, ["k"])
     assert b.store.get(POOL, "k").value == "old"
     assert a.store.delete(POOL, "k")
     # A syncs with B, which holds the older write: it does not even travel.
@@ -346,8 +348,8 @@ async def test_buckets_travel_in_chunks(fleet, monkeypatch):
     await shared(n)
     a, b = n["a"], n["b"]
     a.store.put_many(POOL, [(f"doc/{i}", i) for i in range(80)])
-    rows, following = export_rows(a.store, POOL)
-    assert len(rows) == 3 and following == rows[-1]["key"]
+    index, following = bucket_index(a.store, POOL, bucket_of("doc/0"))
+    assert len(index) == 3 and following == index[-1][0]
     counts = await b.sync.sync("a", POOL)
     assert counts["pulled"] == counts["applied"] == 80
     assert pool_digest(b.store, POOL) == pool_digest(a.store, POOL)
@@ -375,7 +377,7 @@ async def test_non_member_is_refused_and_stores_nothing(fleet):
     assert result.replies["a"].error["code"] == "forbidden"
     with pytest.raises(Exception, match="forbidden"):
         await c.sync.sync("a", POOL)
-    rows, _ = export_rows(a.store, POOL)
+    rows = rows_for(a.store, POOL, ["secret"])
     assert merge_rows(c.store, POOL, rows)["refused"] == 1
     assert c.db.conn.execute("SELECT count(*) FROM documents").fetchone() == (0,)
     # C announces no digest for the pool and A starts no sync for C's.
@@ -388,7 +390,7 @@ async def test_tampered_rows_are_refused(fleet):
     await shared(n)
     a, b = n["a"], n["b"]
     a.store.put(POOL, "k", {"v": 1})
-    rows, _ = export_rows(a.store, POOL)
+    rows = rows_for(a.store, POOL, ["k"])
     forged = [dict(rows[0], version=9), dict(rows[0], key="other"),
               dict(rows[0], deleted=True), {"key": "k"}]
     assert merge_rows(b.store, POOL, forged)["refused"] == 4

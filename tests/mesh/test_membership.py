@@ -23,11 +23,13 @@ NOW = 1_800_000_000_000
 class Node:
     """One device: transport, channel, presence and membership on a shared hub."""
 
-    def __init__(self, tmp, hub, ca, dev, clock, *, groups=(), role="device", scope=None,
-                 session=1):
+    def __init__(self, tmp, hub, ca, dev, clock, *, groups=(), caps=(), role="device",
+                 scope=None, session=1):
         root = tmp / dev
         if not (root / "cert.json").exists():
-            enroll(root, ca, dev, now_ms=NOW, days=10, groups=list(groups), role=role)
+            enroll(root, ca, dev, now_ms=NOW, days=10, groups=list(groups), caps=tuple(caps),
+                   role=role)
+        self.root = root
         self.identity = Identity.load(root)
         self.clock = clock
         self.hub = hub
@@ -38,7 +40,7 @@ class Node:
             TrustStore(self.identity.ca_public, fleet="lab", now_ms=clock),
             hlc=HybridClock(clock), now_ms=clock,
         )
-        topics = Topics("lab")
+        self.topics = topics = Topics("lab")
         self.presence = Presence(self.channel, topics, session=session,
                                  describe=lambda: {"target": "generic-linux"},
                                  health=lambda: {"status": "healthy"}, heartbeat_s=3600)
