@@ -127,25 +127,25 @@ class _Builtins:
         self._ctx = ctx
         self._restart: asyncio.TimerHandle | None = None
 
-    async def ping(self, _call: CommandCall) -> dict[str, Any]:
+    def ping(self, _call: CommandCall) -> dict[str, Any]:
         return {"pong": True, "device": self._ctx.device_id, "ts": self._ctx.now_ms()}
 
-    async def status(self, _call: CommandCall) -> dict[str, Any]:
+    def status(self, _call: CommandCall) -> dict[str, Any]:
         return self._ctx.status()
 
     async def health(self, _call: CommandCall) -> dict[str, Any]:
         return await self._ctx.sample_health()
 
-    async def peers(self, _call: CommandCall) -> dict[str, Any]:
+    def peers(self, _call: CommandCall) -> dict[str, Any]:
         return self._ctx.peers()
 
-    async def policy_get(self, _call: CommandCall) -> dict[str, Any]:
+    def policy_get(self, _call: CommandCall) -> dict[str, Any]:
         return self._ctx.policy()
 
-    async def ledger_head(self, _call: CommandCall) -> dict[str, Any]:
+    def ledger_head(self, _call: CommandCall) -> dict[str, Any]:
         return self._ctx.ledger_head()
 
-    async def config_get(self, call: CommandCall) -> dict[str, Any]:
+    def config_get(self, call: CommandCall) -> dict[str, Any]:
         config = self._ctx.config()
         section = call.args["section"]
         if section is None:
@@ -155,7 +155,7 @@ class _Builtins:
                 "bad_args", f"no config section {section!r}; sections: {', '.join(config)}")
         return {section: config[section]}
 
-    async def gpio_read(self, call: CommandCall) -> dict[str, Any]:
+    def gpio_read(self, call: CommandCall) -> dict[str, Any]:
         name = call.args["name"]
         if name in self._ctx.outputs.names():
             self._check_drivable(name)
@@ -171,7 +171,7 @@ class _Builtins:
             "bad_args", f"no GPIO input or output named {name!r}; "
             f"known: {', '.join(known) or 'none (the profile names no GPIO)'}")
 
-    async def gpio_write(self, call: CommandCall) -> dict[str, Any]:
+    def gpio_write(self, call: CommandCall) -> dict[str, Any]:
         name, on = call.args["name"], call.args["on"]
         outputs = self._ctx.outputs
         if name not in outputs.names():
@@ -183,7 +183,7 @@ class _Builtins:
         was = outputs.read(name)
         return {"name": name, "on": outputs.write(name, on), "was": was}
 
-    async def led_set(self, call: CommandCall) -> dict[str, Any]:
+    def led_set(self, call: CommandCall) -> dict[str, Any]:
         state, seconds = LedState(call.args["state"]), call.args["seconds"]
         if not 0 < seconds <= LED_MAX_S:
             raise CommandRefused(
@@ -204,7 +204,7 @@ class _Builtins:
         return {"action": name, "timeout_s": timeout_s,
                 **await _run(name, list(action["argv"]), timeout_s)}
 
-    async def agent_restart(self, _call: CommandCall) -> dict[str, Any]:
+    def agent_restart(self, _call: CommandCall) -> dict[str, Any]:
         # Later, not now: the reply has to leave before the agent stops. A second
         # request while one is pending changes nothing.
         if self._restart is None:

@@ -8,7 +8,7 @@ sees arguments of the declared types.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +57,10 @@ class CommandCall:
     role: str  # the caller's certificate role, or "plain"
 
 
-Handler = Callable[[CommandCall], Awaitable[Any]]
+Handler = Callable[[CommandCall], Any]
+"""A coroutine function, run as a task with the command's timeout, or a plain function
+for a quick read that cannot block (answered inline, see :mod:`agent.bus.server`); either
+returns the result or raises ``CommandRefused``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +110,7 @@ class CommandRegistry:
     """Name → :class:`CommandSpec`.
 
     >>> registry = CommandRegistry()
-    >>> async def ping(call): return {"pong": True}
+    >>> def ping(call): return {"pong": True}
     >>> registry.add(CommandSpec("ping", ping, "answer at once"))
     >>> registry.get("ping").mutates
     False

@@ -18,11 +18,18 @@ the stored reply and runs nothing.
 **Read-only commands answer first.** They need no stored reply: a
 redelivery within the session is caught by the channel's replay guard, and
 running ``ping`` again after a restart is harmless. So their reply is sent
-first and their ledger entries (one per execution, each signed) are written
-together on the next turn of the event loop, in one transaction, before any
-later mutating command's entry. A ``kill -9`` can lose the entries of
-read-only commands answered in the last loop turn; nothing that changed the
-device is ever answered before it is recorded.
+first, and the executions answered within :data:`AUDIT_WINDOW_S` are
+written together as one signed ``commands`` ledger entry (one record per
+execution), always before any later mutating command's entry. One
+signature and one commit per window instead of per command is what lets a
+device answer thousands of reads a second. A ``kill -9`` can lose the
+records of the read-only commands answered in the last window; nothing
+that changed the device is ever answered before it is recorded.
+
+**Plain functions run inline.** A handler may be a coroutine function (run
+as a task, with its timeout) or a plain function: a quick read such as
+``ping`` or ``status`` is then answered from the message callback itself,
+with no task, no timer and no await. A plain handler must not block.
 
 **Refusals are rate-limited per caller**: past a small burst, a caller's
 refused requests get no reply and no ledger entry of their own (they are
@@ -33,10 +40,11 @@ talk without bound.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from agent.bus.registry import CommandCall, CommandRegistry, CommandSpec
@@ -57,6 +65,10 @@ KEEP_LOG_MS = 24 * 3600 * 1000
 _PRUNE_EVERY_S = 3600.0
 _DEFAULT_REFUSALS_PER_S = 5.0
 _REFUSAL_BURST = 10.0
+AUDIT_WINDOW_S = 0.25
+"""Read-only executions answered within this window share one ledger entry."""
+AUDIT_MAX_RUNS = 128
+"""...or fewer, when that many are waiting (keeps an entry well under the size limit)."""
 
 
 def result_digest(reply: dict[str, Any]) -> str:
@@ -100,6 +112,7 @@ class CommandServer:
         record: Recorder,
         policy_section: Callable[[str], dict[str, Any]],
         now_ms: Callable[[], int],
+        audit_window_s: float = AUDIT_WINDOW_S,
     ):
         self.channel = channel
         self.topics = topics
@@ -110,10 +123,11 @@ class CommandServer:
         self._now_ms = now_ms
         self._me = channel.identity.device_id
         self._running: dict[str, asyncio.Task[None]] = {}  # by request id
-        self._replies: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
         self._buckets: dict[str, _Bucket] = {}
-        self._audit: list[tuple[str, str, str, Any, dict[str, Any]]] = []  # read-only runs
+        self.audit_window_s = audit_window_s
+        self._audit: list[dict[str, Any]] = []  # read-only runs not yet in the ledger
+        self._audit_timer: asyncio.TimerHandle | None = None
         self._pruner: asyncio.Task[None] | None = None
         self.executed = 0
         self.duplicates = 0
@@ -130,11 +144,10 @@ class CommandServer:
 
     async def stop(self) -> None:
         # Commands about to answer (agent.restart's reply among them) get a moment to.
-        inflight = {*self._running.values(), *self._replies}
-        if inflight:
-            await asyncio.wait(inflight, timeout=STOP_GRACE_S)
-        tasks = [*self._running.values(), *self._replies,
-                 *([self._pruner] if self._pruner else [])]
+        running = list(self._running.values())
+        if running:
+            await asyncio.wait(running, timeout=STOP_GRACE_S)
+        tasks = [*self._running.values(), *([self._pruner] if self._pruner else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -160,6 +173,7 @@ class CommandServer:
             self.refused["not_a_command"] += 1
             return
         reply_to = message.response_topic or env.body.get("reply_to")
+        correlation = message.correlation_data
         if reply_to is not None and not self._valid_reply_topic(reply_to, env.src):
             self.refused["bad_reply_topic"] += 1
             log.warning("request %s from %s names a bad reply topic %r", env.id, env.src,
@@ -173,10 +187,21 @@ class CommandServer:
         if row is not None:
             self.duplicates += 1
             if reply_to:
-                self._spawn_reply(reply_to, message.correlation_data, json.loads(row[0]))
+                self._send_reply(reply_to, correlation, json.loads(row[0]))
+            return
+        name = env.body.get("cmd")
+        try:
+            spec, call = self._admit(env)
+        except CommandRefused as exc:
+            self._refuse(env, reply_to, correlation, exc, name)
+            return
+        started = self._start(spec, call)
+        if isinstance(started, dict):  # a plain function: done already, no task needed
+            self._complete(env, spec, started, reply_to, correlation)
             return
         task = asyncio.get_running_loop().create_task(
-            self._execute(env, reply_to, message.correlation_data), name="igris.bus.execute")
+            self._execute(env, spec, call, started, reply_to, correlation),
+            name="igris.bus.execute")
         self._running[env.id] = task
         task.add_done_callback(lambda _t, rid=env.id: self._running.pop(rid, None))
 
@@ -193,25 +218,27 @@ class CommandServer:
 
     # ------------------------------------------------------------------ running
 
-    async def _execute(self, env: Envelope, reply_to: str | None,
+    async def _execute(self, env: Envelope, spec: CommandSpec, call: CommandCall,
+                       running: Awaitable[Any], reply_to: str | None,
                        correlation: bytes | None) -> None:
         async with self._slots:
-            name = env.body.get("cmd")
-            try:
-                spec, call = self._admit(env)
-            except CommandRefused as exc:
-                self._refuse(env, reply_to, correlation, exc, name)
-                return
-            outcome = await self._run(spec, call)
-            self.executed += 1
-            if spec.mutates:
-                reply = self._finish(env, call.name, outcome)
-                if reply_to:
-                    await self._send_reply(reply_to, correlation, reply)
-                return
+            outcome = await self._finish_async(spec, call, running)
+        self._complete(env, spec, outcome, reply_to, correlation)
+
+    def _complete(self, env: Envelope, spec: CommandSpec, outcome: dict[str, Any],
+                  reply_to: str | None, correlation: bytes | None) -> None:
+        """Record and answer one execution: a mutating one is stored before its reply,
+        a read-only one answers first and joins the next batch of the ledger."""
+        self.executed += 1
+        if spec.mutates:
+            reply = self._finish(env, spec.name, outcome)
             if reply_to:
-                await self._send_reply(reply_to, correlation, self._reply(env, call.name, outcome))
-            self._defer_audit(env.id, env.src, call.name, env.body.get("args", {}), outcome)
+                self._send_reply(reply_to, correlation, reply)
+            return
+        if reply_to:
+            self._send_reply(reply_to, correlation, self._reply(env, spec.name, outcome))
+        self._defer_audit(_run_record(env.id, env.src, spec.name, env.body.get("args", {}),
+                                      outcome))
 
     def _read_only(self, env: Envelope) -> bool:
         """A known read-only command: no stored reply to look up (see the module docstring)."""
@@ -234,17 +261,39 @@ class CommandServer:
         args = spec.check_args(body.get("args", {}))
         return spec, CommandCall(env.id, name, args, env.src, role)
 
-    async def _run(self, spec: CommandSpec, call: CommandCall) -> dict[str, Any]:
+    def _start(self, spec: CommandSpec, call: CommandCall) -> dict[str, Any] | Awaitable[Any]:
+        """Call the handler: the outcome if it is a plain function (it has finished), else
+        what to await (:meth:`_finish_async`)."""
         try:
-            result = await asyncio.wait_for(spec.handler(call), spec.timeout_s)
-        except CommandRefused as exc:
-            return _error(exc.code, exc.detail)
+            result = spec.handler(call)
+        except Exception as exc:
+            return self._failed(spec, call, exc)
+        if inspect.isawaitable(result):
+            return result
+        return {"ok": True, "result": result}
+
+    async def _finish_async(self, spec: CommandSpec, call: CommandCall,
+                            running: Awaitable[Any]) -> dict[str, Any]:
+        try:
+            result = await asyncio.wait_for(running, spec.timeout_s)
         except asyncio.TimeoutError:
             return _error("timeout", f"{spec.name} did not finish in {spec.timeout_s:g} s")
         except Exception as exc:
-            log.exception("command %s (%s from %s) failed", spec.name, call.id, call.caller)
-            return _error("failed", f"{type(exc).__name__}: {exc}"[:300])
+            return self._failed(spec, call, exc)
         return {"ok": True, "result": result}
+
+    async def _run(self, spec: CommandSpec, call: CommandCall) -> dict[str, Any]:
+        started = self._start(spec, call)
+        return started if isinstance(started, dict) else \
+            await self._finish_async(spec, call, started)
+
+    @staticmethod
+    def _failed(spec: CommandSpec, call: CommandCall, exc: Exception) -> dict[str, Any]:
+        if isinstance(exc, CommandRefused):
+            return _error(exc.code, exc.detail)
+        log.error("command %s (%s from %s) failed", spec.name, call.id, call.caller,
+                  exc_info=exc)
+        return _error("failed", f"{type(exc).__name__}: {exc}"[:300])
 
     def _reply(self, env: Envelope, name: str, outcome: dict[str, Any]) -> dict[str, Any]:
         return {"re": env.id, "device": self._me, "cmd": name, **outcome}
@@ -253,44 +302,44 @@ class CommandServer:
         """Store and record one execution (or refusal); returns the reply to send."""
         full = self._reply(env, name, outcome)
         with self.db.transaction() as conn:
-            self._write_audit()  # earlier read-only runs keep their place in the ledger
             conn.execute(
                 "INSERT OR REPLACE INTO command_log (id, src, command, ok, reply, done_ms) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (env.id, env.src, name, int(outcome["ok"]), json.dumps(full), self._now_ms()))
-            self._record_execution(env.id, env.src, name, env.body.get("args", {}), outcome)
+            self._record_now(_run_record(env.id, env.src, name, env.body.get("args", {}),
+                                         outcome))
         return full
 
-    def _record_execution(self, rid: str, caller: str, name: str, args: Any,
-                          outcome: dict[str, Any]) -> None:
-        # The ledger keeps who ran what and digests of the arguments and the outcome.
-        self._record("command", {
-            "id": rid, "by": caller, "cmd": name, "ok": outcome["ok"],
-            "args": result_digest(args if isinstance(args, dict) else {}),
-            "result": result_digest(outcome),
-            **({"error": outcome["error"]["code"]} if not outcome["ok"] else {}),
-        })
+    def _record_now(self, run: dict[str, Any]) -> None:
+        """Write one execution's ledger entry, after the read-only ones still pending (so
+        the ledger keeps the order things ran in), in one transaction."""
+        with self.db.transaction():
+            self._write_audit()
+            self._record("command", run)
 
-    def _defer_audit(self, rid: str, caller: str, name: str, args: Any,
-                     outcome: dict[str, Any]) -> None:
-        """Record a read-only execution on the next loop turn, with the others of this one."""
-        if not self._audit:
-            asyncio.get_running_loop().call_soon(self._write_audit_logged)
-        self._audit.append((rid, caller, name, args, outcome))
+    def _defer_audit(self, run: dict[str, Any]) -> None:
+        """Queue a read-only execution for the next ``commands`` ledger entry."""
+        self._audit.append(run)
+        if len(self._audit) >= AUDIT_MAX_RUNS:
+            self._write_audit_logged()
+        elif self._audit_timer is None:
+            self._audit_timer = asyncio.get_running_loop().call_later(
+                self.audit_window_s, self._write_audit_logged)
 
     def _write_audit(self) -> None:
-        """Write the pending read-only executions to the ledger, one transaction for all."""
+        """Write the pending read-only executions as one signed ledger entry."""
+        if self._audit_timer is not None:
+            self._audit_timer.cancel()
+            self._audit_timer = None
         pending, self._audit = self._audit, []
         if pending:
-            with self.db.transaction():
-                for record in pending:
-                    self._record_execution(*record)
+            self._record("commands", {"runs": pending})
 
     def _write_audit_logged(self) -> None:
         try:
             self._write_audit()
         except Exception:
-            log.exception("ledger entries of read-only commands not written")
+            log.exception("ledger entry of read-only commands not written")
 
     def _refusal_rate(self) -> float:
         return float(self._policy_section("commands").get(
@@ -314,7 +363,7 @@ class CommandServer:
         reply = self._finish(env, name if isinstance(name, str) else "?",
                              _error(exc.code, exc.detail))
         if reply_to:
-            self._spawn_reply(reply_to, correlation, reply)
+            self._send_reply(reply_to, correlation, reply)
 
     async def execute_plain(self, name: str, args: Any) -> dict[str, Any]:
         """Run a command for a plain MQTT client (``cmnd/<dev>/<command>``); returns the reply.
@@ -369,27 +418,24 @@ class CommandServer:
             if not self._bucket(caller).take(self._now_ms(), self._refusal_rate()):
                 self.rate_limited += 1
                 return outcome
-            self._record_execution(call_id, caller, name, {}, outcome)
+            self._record_now(_run_record(call_id, caller, name, {}, outcome))
             return outcome
         outcome = await self._run(spec, call)
         self.executed += 1
-        self._record_execution(call_id, caller, name, call.args, outcome)
+        run = _run_record(call_id, caller, name, call.args, outcome)
+        if spec.mutates:
+            self._record_now(run)
+        else:
+            self._defer_audit(run)
         return outcome
 
     # ------------------------------------------------------------------ replying
 
-    def _spawn_reply(self, reply_to: str, correlation: bytes | None,
-                     reply: dict[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._send_reply(reply_to, correlation, reply), name="igris.bus.reply")
-        self._replies.add(task)  # held until done: the loop keeps only weak references
-        task.add_done_callback(self._replies.discard)
-
-    async def _send_reply(self, reply_to: str, correlation: bytes | None,
-                          reply: dict[str, Any]) -> None:
+    def _send_reply(self, reply_to: str, correlation: bytes | None,
+                    reply: dict[str, Any]) -> None:
         try:
-            await self.channel.publish(reply_to, "reply", reply, qos=1,
-                                       correlation_data=correlation)
+            self.channel.publish_nowait(reply_to, "reply", reply, qos=1,
+                                        correlation_data=correlation)
         except Exception:
             log.exception("reply to %s not sent", reply_to)
 
@@ -400,6 +446,30 @@ class CommandServer:
                 self.prune()
             except Exception:
                 log.exception("command log not pruned")
+
+
+def recorded_runs(entries: Iterable[Any]) -> list[dict[str, Any]]:
+    """The executions that ledger ``entries`` record, in ledger order: one per ``command``
+    entry and one per record of a ``commands`` batch (each as ``_run_record`` made it)."""
+    runs: list[dict[str, Any]] = []
+    for entry in entries:
+        if entry.kind == "command":
+            runs.append(entry.body)
+        elif entry.kind == "commands":
+            runs.extend(entry.body["runs"])
+    return runs
+
+
+def _run_record(rid: str, caller: str, name: str, args: Any,
+                outcome: dict[str, Any]) -> dict[str, Any]:
+    """What the ledger keeps of one execution: who ran what, digests of the arguments
+    and of the outcome, and the error code of a failure."""
+    return {
+        "id": rid, "by": caller, "cmd": name, "ok": outcome["ok"],
+        "args": result_digest(args if isinstance(args, dict) else {}),
+        "result": result_digest(outcome),
+        **({"error": outcome["error"]["code"]} if not outcome["ok"] else {}),
+    }
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

@@ -99,8 +99,24 @@ class SignedChannel:
         correlation_data: bytes | None = None,
     ) -> Envelope:
         """Seal ``body`` and publish it; returns the envelope that was sent."""
+        return self.publish_nowait(topic, kind, body, qos=qos, retain=retain,
+                                   response_topic=response_topic,
+                                   correlation_data=correlation_data)
+
+    def publish_nowait(
+        self,
+        topic: str,
+        kind: str,
+        body: dict,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> Envelope:
+        """:meth:`publish` from synchronous code (see ``Transport.publish_nowait``)."""
         env = self.seal(kind, body)
-        await self.transport.publish(
+        self.transport.publish_nowait(
             topic, env.encode(), qos=qos, retain=retain,
             response_topic=response_topic, correlation_data=correlation_data,
         )

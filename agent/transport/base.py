@@ -129,6 +129,21 @@ class Transport(abc.ABC):
         correlation_data: bytes | None = None,
     ) -> None:
         """Publish; while offline, QoS 1 and retained messages wait in a bounded queue."""
+        self.publish_nowait(topic, payload, qos=qos, retain=retain,
+                            response_topic=response_topic, correlation_data=correlation_data)
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> None:
+        """:meth:`publish` from synchronous code (a message handler): it never waits, the
+        packet goes out with the loop's next write."""
         check_topic(topic)
         data = check_publish_args(payload, qos)
         if response_topic is not None:

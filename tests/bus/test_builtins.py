@@ -7,6 +7,7 @@ passes the real policy schema.
 
 import asyncio
 import dataclasses
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -111,7 +112,8 @@ async def run(registry: CommandRegistry, command: str, /, **args):
     """What the server does once a caller is admitted: check the arguments, call."""
     spec = registry.get(command)
     call = CommandCall("req-1", command, spec.check_args(args), "op-1", "operator")
-    return await spec.handler(call)
+    result = spec.handler(call)  # a plain function for quick reads, else a coroutine
+    return await result if inspect.isawaitable(result) else result
 
 
 def refused(registry, command, match, /, **args) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from agent.bus import ROLES_MUTATE, Arg, Bus, CommandRegistry, CommandServer, CommandSpec
+from agent.bus.server import AUDIT_MAX_RUNS, AUDIT_WINDOW_S, recorded_runs
 from agent.db import Database
 from agent.identity import Identity, SignedChannel, TrustStore, enroll
 from agent.mesh import Membership, Presence, resolve_scope
@@ -168,7 +169,7 @@ async def test_refusals_get_error_replies_and_are_in_the_ledger(fleet):
         assert result.missing == {"d0": f"refused: {code}"}
     ok = await op.bus.request("d0", "bump", {"by": 2}, timeout=5)
     assert ok.complete and ok.replies["d0"].result == {"by": 2}
-    entries = [e.body for e in d0.ledger.entries(limit=1000) if e.kind == "command"]
+    entries = recorded_runs(d0.ledger.entries(limit=1000))
     assert [(e["cmd"], e["ok"], e.get("error")) for e in entries] == [
         ("nope", False, "unknown_command"), ("bump", False, "forbidden"),
         ("bump", False, "bad_args"), ("bump", False, "bad_args"), ("slow", False, "timeout"),
@@ -229,8 +230,7 @@ async def test_refusals_are_rate_limited_per_caller(fleet):
     await settle()
     assert d0.server.refused["forbidden"] == 40
     assert d0.server.rate_limited == 30  # a burst of 10, then nothing
-    recorded = [e for e in d0.ledger.entries(limit=1000) if e.kind == "command"]
-    assert len(recorded) == 10
+    assert len(recorded_runs(d0.ledger.entries(limit=1000))) == 10
     # Another caller is not affected.
     assert (await op.bus.request("d0", "ping", timeout=5)).complete
 
@@ -247,7 +247,7 @@ async def test_replies_go_only_to_the_callers_own_inbox(fleet):
 
 
 
-async def test_read_only_commands_store_no_reply_but_each_run_is_in_the_ledger(fleet):
+async def test_read_only_commands_store_no_reply_and_share_a_ledger_entry_per_window(fleet):
     make, _ = fleet
     devs, op = await four_devices_and_an_operator(make)
     d0 = devs[0]
@@ -256,15 +256,35 @@ async def test_read_only_commands_store_no_reply_but_each_run_is_in_the_ledger(f
     assert (await op.bus.request("d0", "bump", {"by": 1}, timeout=5)).complete
     assert (await op.bus.request("d0", "ping", timeout=5)).complete
     await settle()
-    entries = [e.body for e in d0.ledger.entries(limit=1000) if e.kind == "command"]
-    # One entry per execution, in the order they ran: the pings answered before the
-    # bump are written before it, in the bump's transaction at the latest.
-    assert [e["cmd"] for e in entries] == ["ping"] * 12 + ["bump", "ping"]
-    assert len({e["id"] for e in entries}) == 14  # each request its own entry
-    assert all(e["by"] == "op" and e["ok"] for e in entries)
+    # The pings answered before the bump are written before it, in one entry, at the
+    # latest in the bump's transaction; the last ping waits for its window.
+    kinds = [e.kind for e in d0.ledger.entries(limit=1000) if e.kind.startswith("command")]
+    assert kinds == ["commands", "command"]
+    await asyncio.sleep(AUDIT_WINDOW_S)
+    entries = [e for e in d0.ledger.entries(limit=1000) if e.kind.startswith("command")]
+    assert [e.kind for e in entries] == ["commands", "command", "commands"]
+    runs = recorded_runs(entries)
+    assert [r["cmd"] for r in runs] == ["ping"] * 12 + ["bump", "ping"]
+    assert len({r["id"] for r in runs}) == 14  # each execution its own record
+    assert all(r["by"] == "op" and r["ok"] for r in runs)
     assert d0.ledger.verify().ok
     stored = d0.db.conn.execute("SELECT command FROM command_log").fetchall()
     assert stored == [("bump",)]
+
+
+async def test_a_full_batch_of_read_only_runs_is_written_at_once_and_stop_writes_the_rest(fleet):
+    make, _ = fleet
+    devs, op = await four_devices_and_an_operator(make)
+    d0 = devs[0]
+    n = AUDIT_MAX_RUNS + 5
+    results = await asyncio.gather(*(op.bus.request("d0", "ping", timeout=5) for _ in range(n)))
+    assert all(r.complete for r in results)
+    batches = [e.body["runs"] for e in d0.ledger.entries(limit=1000) if e.kind == "commands"]
+    assert [len(b) for b in batches] == [AUDIT_MAX_RUNS]  # no waiting for the window
+    await d0.server.stop()
+    runs = recorded_runs(d0.ledger.entries(limit=1000))
+    assert len(runs) == n and len({r["id"] for r in runs}) == n
+    assert d0.ledger.verify().ok
 
 
 async def test_a_read_only_command_runs_again_after_a_restart_a_mutating_one_does_not(fleet):
@@ -290,7 +310,8 @@ async def test_a_read_only_command_runs_again_after_a_restart_a_mutating_one_doe
     await settle()
     assert again.calls == [ping.id] and again.server.duplicates == 1
     assert len(got) == 4
-    runs = [e.body["cmd"] for e in again.ledger.entries(limit=100) if e.kind == "command"]
+    await asyncio.sleep(AUDIT_WINDOW_S)
+    runs = [r["cmd"] for r in recorded_runs(again.ledger.entries(limit=100))]
     assert runs == ["ping", "bump", "ping"]
 
 
