@@ -52,12 +52,6 @@ def monotonic_ms() -> int:
     return time.ticks_ms()
 
 
-def b64url_encode(data: bytes) -> str:
-    """Base64url without padding (RFC 4648 section 5)."""
-    text = binascii.b2a_base64(data).decode().strip()
-    return text.replace("+", "-").replace("/", "_").rstrip("=")
-
-
 _B64URL_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _PAD_BITS = (0, 0, 0x0F, 0x03)  # by len(text) % 4 (1 is refused before)
 try:  # CPython: one C pass instead of two str.replace (MicroPython has no maketrans)
@@ -65,6 +59,36 @@ try:  # CPython: one C pass instead of two str.replace (MicroPython has no maket
     _STD_TO_URL = bytes.maketrans(b"+/", b"-_")
 except AttributeError:
     _URL_TO_STD = _STD_TO_URL = None
+
+
+def b64url_encode(data: bytes) -> str:
+    """Base64url without padding (RFC 4648 section 5)."""
+    if _STD_TO_URL is not None:  # one C pass maps the alphabet and drops "=" and newline
+        return binascii.b2a_base64(data).translate(_STD_TO_URL, b"=\n").decode()
+    text = binascii.b2a_base64(data).decode().strip()
+    return text.replace("+", "-").replace("/", "_").rstrip("=")
+
+
+def random_b64url(count: int, size: int) -> list:
+    """``count`` random values of ``size`` bytes, base64url: ids from one random read.
+
+    Each text is ``b64url_encode`` of ``size`` random bytes. On CPython one
+    base64 pass makes them all: the values sit ``size`` rounded up to a
+    multiple of 3 bytes apart, so each one's text is a run of the whole's,
+    and the byte after each is zeroed, so the run ends in the zero pad bits
+    its own encoding would. (MicroPython can neither assign a strided slice
+    nor translate: there, one ``b64url_encode`` per value.)
+    """
+    if _STD_TO_URL is None:
+        pool = random_bytes(count * size)
+        return [b64url_encode(pool[i:i + size]) for i in range(0, len(pool), size)]
+    stride = size + -size % 3
+    spaced = bytearray(random_bytes(count * stride))
+    if stride != size:
+        spaced[size::stride] = bytes(count)
+    text = binascii.b2a_base64(spaced, newline=False).translate(_STD_TO_URL).decode()
+    chars, step = (size * 4 + 2) // 3, stride // 3 * 4
+    return [text[i:i + chars] for i in range(0, len(text), step)]
 
 
 def b64url_decode(text: str) -> bytes:

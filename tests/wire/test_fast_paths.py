@@ -9,6 +9,7 @@ failure repeats), and pin what the caches in :class:`Envelope` must not hide.
 
 from __future__ import annotations
 
+import base64
 import math
 import random
 import struct
@@ -57,6 +58,31 @@ def test_b64url_decode_accepts_and_refuses_as_the_checks_do() -> None:
     for text in texts:
         assert outcome(compat.b64url_decode, text) == outcome(
             compat._b64url_decode_checked, text), repr(text)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_b64url_encode_is_rfc4648_urlsafe_unpadded(native, monkeypatch) -> None:
+    if not native:  # the portable route, as MicroPython (no maketrans) takes it
+        monkeypatch.setattr(compat, "_STD_TO_URL", None)
+    rng = random.Random(5)
+    for n in list(range(70)) + [rng.randrange(70, 400) for _ in range(200)]:
+        data = rng.randbytes(n)
+        assert b64url_encode(data) == base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 15, 16, 17, 18, 64])
+def test_random_b64url_texts_are_canonical_and_of_size_bytes(native, size, monkeypatch) -> None:
+    if not native:
+        monkeypatch.setattr(compat, "_STD_TO_URL", None)
+    texts = compat.random_b64url(300, size)
+    assert len(texts) == 300
+    for text in texts:
+        # b64url_decode refuses non-zero pad bits: the zeroed byte must fill them
+        assert len(compat.b64url_decode(text)) == size, text
+        assert b64url_encode(compat.b64url_decode(text)) == text
+    if size >= 8:
+        assert len(set(texts)) == len(texts)
 
 
 def _random_string(rng: random.Random) -> str:
