@@ -129,6 +129,10 @@ def test_identity_signature_verifies_with_certificate_key(tmp_path, ca):
     ident = Identity.load(tmp_path / "root")
     sig = ident.sign(b"hello")
     nacl.signing.VerifyKey(ident.certificate.sign_key).verify(b"hello", sig)
+    # The direct libsodium call gives PyNaCl's signature (Ed25519 is deterministic),
+    # for an empty message and a large one too.
+    for message in (b"hello", b"", bytes(range(256)) * 300):
+        assert ident.sign(message) == ident.signing_key.sign(message).signature
     summary = ident.public_summary()
     assert "sign_key" in summary and all("seed" not in k for k in summary)
     json.dumps(summary)
