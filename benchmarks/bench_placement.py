@@ -26,12 +26,14 @@ from collections.abc import Callable, Iterator
 
 from _common import Report, Target, raise_on_sigterm
 
+from agent.orchestrator import Constraints
 from agent.orchestrator.placement import NodeView, Thresholds, place
 
 TARGET_MS = 1.0
 GROUPS = ("kitchen", "hall", "lab")
 CAPS = ("tflite", "camera", "gpio")
-CONSTRAINED = {"groups": ["kitchen"], "caps": ["tflite"]}
+OPEN = Constraints()
+CONSTRAINED = Constraints(groups=("kitchen",), caps=("tflite",))
 
 
 def fleet(count: int, seed: int = 7) -> list[NodeView]:
@@ -90,13 +92,13 @@ def main() -> int:
 
     try:
         open_ms, floor_ms = (s * 1e3 for s in paired_medians(
-            lambda: place({}, nodes, limits), bare_loop, args.seconds))
+            lambda: place(OPEN, nodes, limits), bare_loop, args.seconds))
         constrained_ms, constrained_floor_ms = (s * 1e3 for s in paired_medians(
             lambda: place(CONSTRAINED, nodes, limits), bare_loop, args.seconds))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    scored = len(place({}, nodes, limits).ranked)
+    scored = len(place(OPEN, nodes, limits).ranked)
     constrained_scored = len(place(CONSTRAINED, nodes, limits).ranked)
 
     report = Report("placement")

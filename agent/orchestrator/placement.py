@@ -9,13 +9,15 @@ lowest device id, so every node that decides sees the same answer::
 
     limits = Thresholds.from_policy(policy.section("orchestration"))
     nodes = [NodeView.from_peer(p, running=busy.get(p.device_id, 0)) for p in peers]
-    decision = place({"caps": ["tflite"]}, nodes, limits)
+    decision = place(spec.constraints, nodes, limits)   # a TaskSpec's Constraints
     decision.device     # "pi-03"
     decision.refused    # {"pi-01": "battery 12% < 25%", "pi-02": "missing cap 'tflite'"}
 
 A figure a node does not report (no health yet, a board without a
 thermometer) passes the filter but scores as if it sat exactly at its limit:
 a node that reports a figure within the limit always scores at least as well.
+Constraints arrive as :class:`~agent.orchestrator.models.Constraints`, checked
+when the task was read, so placement never re-checks them.
 Decisions take a few microseconds per node (``benchmarks/bench_placement.py``).
 """
 
@@ -26,8 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ConfigInvalid, TaskInvalid
-from agent.suggest import close_match
+from agent.errors import ConfigInvalid
+from agent.orchestrator.models import Constraints
 
 if TYPE_CHECKING:
     from agent.mesh import Peer
@@ -35,9 +37,6 @@ if TYPE_CHECKING:
 ALIVE = "alive"
 # Degrees below the temperature limit at which thermal headroom counts as full.
 THERMAL_SPAN_C = 30.0
-CONSTRAINT_KEYS = frozenset(
-    {"device", "groups", "caps", "min_battery_percent", "max_celsius", "max_cpu_percent"}
-)
 
 
 def _number(value: Any) -> float | None:
@@ -141,26 +140,26 @@ class Thresholds:
         Raises ``ConfigInvalid`` for a value that is not a number (the policy
         schema refuses such a document before it is applied).
         """
-        return cls()._replaced(section or {}, "policy orchestration", ConfigInvalid)
-
-    def with_constraints(self, constraints: Mapping[str, Any]) -> Thresholds:
-        """These thresholds with the ones a task's ``constraints`` name replaced.
-
-        Raises ``TaskInvalid`` for a value that is not a number.
-        """
-        return self._replaced(constraints, "task constraints", TaskInvalid)
-
-    def _replaced(self, values: Mapping[str, Any], where: str,
-                  error: type[Exception]) -> Thresholds:
+        section = section or {}
         changes = {}
-        for f in fields(self):
-            if f.name in values:
-                value = _number(values[f.name])
+        for f in fields(cls):
+            if f.name in section:
+                value = _number(section[f.name])
                 if value is None:
-                    raise error(f"{where}: {f.name!r} must be a number, "
-                                f"got {values[f.name]!r:.40}")
+                    raise ConfigInvalid(f"policy orchestration: {f.name!r} must be a number, "
+                                        f"got {section[f.name]!r:.40}")
                 changes[f.name] = value
+        return cls(**changes)
+
+    def with_constraints(self, constraints: Constraints) -> Thresholds:
+        """These thresholds with the ones a task's ``constraints`` set replaced."""
+        changes = {name: float(value) for name in _OVERRIDABLE
+                   if (value := getattr(constraints, name)) is not None}
         return replace(self, **changes) if changes else self
+
+
+_OVERRIDABLE = tuple(f.name for f in fields(Thresholds))
+"""Every threshold is also a field of Constraints of the same name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,27 +195,6 @@ class Decision:
             "ranked": [[dev, round(score, 4)] for dev, score in self.ranked],
             "refused": dict(self.refused),
         }
-
-
-def _check_constraints(constraints: Mapping[str, Any]) -> tuple[str | None, frozenset[str],
-                                                                  frozenset[str]]:
-    unknown = sorted(set(constraints) - CONSTRAINT_KEYS)
-    if unknown:
-        hint = close_match(unknown[0], CONSTRAINT_KEYS)
-        raise TaskInvalid(f"task constraints: unknown key {unknown[0]!r}"
-                          + (f"; did you mean {hint!r}?" if hint else
-                             f"; known keys: {', '.join(sorted(CONSTRAINT_KEYS))}"))
-    device = constraints.get("device")
-    if device is not None and not isinstance(device, str):
-        raise TaskInvalid(f"task constraints: 'device' must be a device id, got {device!r:.40}")
-    sets = []
-    for key in ("groups", "caps"):
-        value = constraints.get(key, ())
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise TaskInvalid(f"task constraints: {key!r} must be a list of names, "
-                              f"got {value!r:.40}")
-        sets.append(frozenset(value))
-    return device, sets[0], sets[1]
 
 
 def _refusal(node: NodeView, device: str | None, groups: frozenset[str],
@@ -264,17 +242,18 @@ def _unit(x: float) -> float:
 
 
 def place(
-    constraints: Mapping[str, Any],
+    constraints: Constraints,
     nodes: Iterable[NodeView],
     thresholds: Thresholds,
     weights: Weights = DEFAULT_WEIGHTS,
 ) -> Decision:
-    """Choose the node for a task with these ``constraints`` (the task spec's dict).
+    """Choose the node for a task with these ``constraints`` (its spec's, already checked).
 
-    Raises ``TaskInvalid`` for a malformed constraint; an empty choice is
-    not an error: ``Decision.device`` is None and ``refused`` says why.
+    An empty choice is not an error: ``Decision.device`` is None and
+    ``refused`` says why.
     """
-    device, groups, caps = _check_constraints(constraints)
+    device = constraints.device
+    groups, caps = frozenset(constraints.groups), frozenset(constraints.caps)
     limits = thresholds.with_constraints(constraints)
     refused: dict[str, str] = {}
     ranked: list[tuple[str, float]] = []

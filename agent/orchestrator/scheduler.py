@@ -133,7 +133,7 @@ class Scheduler:
                  if self._running_on[node.device_id] else node for node in self._nodes()]
         if self._dispatch is None:
             nodes = [node for node in nodes if node.local]
-        return place(spec.constraints.to_dict(), nodes, self._thresholds())
+        return place(spec.constraints, nodes, self._thresholds())
 
     def stats(self) -> dict[str, Any]:
         """For ``igris status``: the queue's counts, the runner's and this scheduler's."""

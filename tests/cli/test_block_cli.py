@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,49 +12,17 @@ from agent.cli import main
 from agent.cli.operator_session import database_path, trust_anchors
 from agent.compat import b64url_encode, wall_ms
 from agent.db import Database
-from agent.identity import FleetCa, Identity, SignedChannel, TrustAnchor, TrustStore, enroll
-from agent.security_mesh.blocklist import Blocklist
+from agent.identity import FleetCa, Identity, TrustAnchor, enroll
 from agent.transport import MqttTransport
-from agent.wire import HybridClock, Topics
+from tests.support.blocklist_node import TOPICS, BlocklistNode
 from tests.support.waiting import until
 
-TOPICS = Topics("lab")
 
-
-class Device:
-    """A device on the broker: its channel, database and blocklist, and the births it heard."""
-
-    def __init__(self, root, broker):
-        self.root = root
-        self.ident = Identity.load(root)
-        self.transport = MqttTransport(broker.client_settings(self.ident.device_id))
-        self.channel = SignedChannel(
-            self.transport, self.ident,
-            TrustStore(self.ident.ca_public, fleet="lab", now_ms=wall_ms),
-            hlc=HybridClock(wall_ms), now_ms=wall_ms,
-        )
-        self.db = Database.open(root / "igris.db")
-        self.records: list[dict] = []
-        self.blocklist = Blocklist(self.db, self.channel, TOPICS, now_ms=wall_ms,
-                                   record=lambda _kind, data: self.records.append(data))
-        self.heard: list[str] = []
-
-    async def start(self) -> Device:
-        await self.transport.start()
-        await self.transport.wait_connected(5)
-        await self.blocklist.start()
-        await self.channel.subscribe(TOPICS.filter("node", "+", "state"),
-                                     lambda env, _msg: self.heard.append(env.src))
-        return self
-
-    async def stop(self) -> None:
-        await self.blocklist.stop()
-        await self.transport.stop()
-        self.db.close()
-
-    async def birth(self) -> None:
-        await self.channel.publish(TOPICS.state(self.ident.device_id), "state",
-                                   {"cert": self.ident.certificate.to_dict()}, retain=True)
+def on_broker(root: Path, broker) -> BlocklistNode:
+    """The identity enrolled in ``root`` on the real broker and the wall clock, not started."""
+    ident = Identity.load(root)
+    transport = MqttTransport(broker.client_settings(ident.device_id))
+    return BlocklistNode(ident, transport, wall_ms, root)
 
 
 async def igris(capsys, *argv: str) -> tuple[int, str, str]:
@@ -74,8 +43,8 @@ def roots(tmp_path):
 
 @pytest.mark.async_timeout(40)
 async def test_block_add_and_remove_reach_the_fleet(broker, roots, capsys, async_cleanup):
-    async def device(name: str) -> Device:
-        dev = await Device(roots / name, broker).start()
+    async def device(name: str) -> BlocklistNode:
+        dev = await on_broker(roots / name, broker).start()
         async_cleanup.push(dev.stop)
         return dev
 
@@ -96,7 +65,7 @@ async def test_block_add_and_remove_reach_the_fleet(broker, roots, capsys, async
     # A device that joins now learns the block from the retained snapshot.
     d3 = await device("d3")
     await until(lambda: d3.blocklist.is_blocked("bad"))
-    assert [r["action"] for r in d3.records] == ["block"]
+    assert [data["action"] for _, data in d3.records] == ["block"]
 
     # Devices cannot block: not through the CLI, not by publishing an entry themselves.
     code, _, err = await igris(capsys, "block", "add", "d2", "--reason", "x", "--root",
@@ -111,7 +80,7 @@ async def test_block_add_and_remove_reach_the_fleet(broker, roots, capsys, async
 
     # The block survives a restart: enforced from the database before any message.
     await d1.stop()
-    d1 = Device(roots / "d1", broker)
+    d1 = on_broker(roots / "d1", broker)
     assert d1.blocklist.is_blocked("bad")
     await d1.start()
     async_cleanup.push(d1.stop)
@@ -124,8 +93,8 @@ async def test_block_add_and_remove_reach_the_fleet(broker, roots, capsys, async
     await until(lambda: not any(d.blocklist.is_blocked("bad") for d in (d1, d2, d3)))
     await bad.birth()
     await until(lambda: "bad" in d1.heard and d2.heard.count("bad") == 2)
-    assert [r["action"] for r in d2.records] == ["block", "unblock"]
-    assert [r["action"] for r in d3.records] == ["block", "unblock"]
+    assert [data["action"] for _, data in d2.records] == ["block", "unblock"]
+    assert [data["action"] for _, data in d3.records] == ["block", "unblock"]
 
     code, out, _ = await igris(capsys, "block", "list", "--root", str(roots / "d2"), "--json")
     listed = json.loads(out)

@@ -114,11 +114,15 @@ def test_args_must_be_a_json_object_within_the_size_limit():
 
 @pytest.mark.parametrize("constraints,expected", [
     ({"device": "no/slash"}, "device must be a device id"),
+    ({"device": 7}, "device must be a device id (1-64 letters, digits, '.', '_' or '-'), got 7"),
     ({"groups": "kitchen"}, "groups must be a list"),
+    ({"groups": ["kitchen", 3]}, "groups entry 3 must be 1-64 letters"),
     ({"caps": ["tflite", "tflite"]}, "caps repeats 'tflite'"),
     ({"min_battery_percent": 101}, "min_battery_percent must be a number"),
     ({"max_celsius": "hot"}, "max_celsius must be a number"),
     ({"max_cpu_percent": -1}, "max_cpu_percent must be a number"),
+    ({"max_cpu_percent": True}, "max_cpu_percent must be a number (0..100), got True"),
+    ({"zone": "x"}, "constraints: unknown key 'zone'; keys are device, groups, caps"),
     ([], "constraints must be a JSON object"),
 ])
 def test_bad_constraints_are_refused(constraints, expected):

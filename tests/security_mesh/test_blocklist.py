@@ -5,14 +5,12 @@ from __future__ import annotations
 import pytest
 
 from agent.compat import canonical_json
-from agent.db import Database
 from agent.errors import CertificateInvalid, EnvelopeRejected, TopicInvalid
 from agent.identity import FleetCa, Identity, SignedChannel, TrustStore, enroll, key_id
 from agent.security_mesh.blocklist import (
     BLOCK,
     UNBLOCK,
     BlockEntry,
-    Blocklist,
     make_entry,
     merge_snapshot,
     parse_target,
@@ -20,58 +18,12 @@ from agent.security_mesh.blocklist import (
 )
 from agent.transport import InprocBroker, InprocTransport
 from agent.transport.base import Message
-from agent.wire import HybridClock, Topics
+from agent.wire import HybridClock
+from tests.support.blocklist_node import TOPICS, BlocklistNode
 from tests.support.clock import Clock
 from tests.support.waiting import until
 
 NOW = 1_800_000_000_000
-TOPICS = Topics("lab")
-
-
-class Node:
-    """One identity on the hub: channel, database and blocklist (devices only use the last two)."""
-
-    def __init__(self, ident: Identity, hub: InprocBroker, clock: Clock, root):
-        self.ident = ident
-        self.root = root
-        self.clock = clock
-        self.transport = InprocTransport(hub, client_id=ident.device_id)
-        self.channel = SignedChannel(
-            self.transport, ident, TrustStore(ident.ca_public, fleet="lab", now_ms=clock),
-            hlc=HybridClock(clock), now_ms=clock,
-        )
-        self.records: list[tuple[str, dict]] = []
-        self.db = Database.open(root / "igris.db")
-        self.blocklist = Blocklist(self.db, self.channel, TOPICS, record=self.record,
-                                   now_ms=clock)
-        self.heard: list[str] = []
-
-    def record(self, kind: str, data: dict) -> None:
-        self.records.append((kind, data))
-
-    async def start(self) -> Node:
-        await self.transport.start()
-        await self.blocklist.start()
-        await self.channel.subscribe(TOPICS.filter("node", "+", "state"),
-                                     lambda env, _msg: self.heard.append(env.src))
-        return self
-
-    async def stop(self) -> None:
-        await self.blocklist.stop()
-        await self.transport.stop()
-        self.db.close()
-
-    async def birth(self) -> None:
-        await self.channel.publish(TOPICS.state(self.ident.device_id), "state",
-                                   {"cert": self.ident.certificate.to_dict()}, retain=True)
-
-    async def send_entry(self, entry: BlockEntry) -> None:
-        await self.transport.publish(TOPICS.block(), canonical_json(entry.envelope), qos=1)
-
-    async def send_snapshot(self, entries: list[BlockEntry]) -> None:
-        await self.channel.publish(TOPICS.block_snapshot(), "block",
-                                   snapshot_body(entries, self.ident.certificate),
-                                   qos=1, retain=True)
 
 
 @pytest.fixture
@@ -85,11 +37,13 @@ def idents(tmp_path):
 
 @pytest.fixture
 def fleet(idents, tmp_path, async_cleanup):
-    """``await fleet("d1")`` → a started Node (stopped after the test)."""
+    """``await fleet("d1")`` → a started node on one in-process hub (stopped after the test)."""
     hub, clock = InprocBroker(), Clock(NOW)
 
-    async def start(name: str, root_name: str | None = None) -> Node:
-        node = await Node(idents[name], hub, clock, tmp_path / (root_name or name)).start()
+    async def start(name: str, root_name: str | None = None) -> BlocklistNode:
+        transport = InprocTransport(hub, client_id=name)
+        node = await BlocklistNode(idents[name], transport, clock,
+                                   tmp_path / (root_name or name)).start()
         async_cleanup.push(node.stop)
         return node
 
@@ -220,7 +174,8 @@ async def test_blocklist_survives_a_restart(fleet, idents, tmp_path):
     await until(lambda: d1.blocklist.applied == 1)
     before = d1.blocklist.entries()
     await d1.stop()
-    again = Node(idents["d1"], InprocBroker(), fleet.clock, tmp_path / "d1")
+    again = BlocklistNode(idents["d1"], InprocTransport(InprocBroker(), client_id="d1"),
+                          fleet.clock, tmp_path / "d1")
     try:
         # Enforced from construction on, before any message has arrived.
         again.channel.trust.learn(idents["bad"].certificate)
