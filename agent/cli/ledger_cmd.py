@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +80,20 @@ def _human_entries(entries: list[LedgerEntry]) -> str:
     if not entries:
         return "(no entries)"
     return "\n".join(
-        f"{e.seq:>6}  {when(e.ts[0])}  {e.kind:<16} {json.dumps(e.body, sort_keys=True)}"
-        for e in entries
-    )
+        f"{e.seq:>6}  {when(e.ts[0])}  {e.kind:<16} {_human_body(e)}" for e in entries)
 
 
+def _human_body(entry: LedgerEntry) -> str:
+    """The body as JSON; a batch of read-only runs (up to 128) as counts of who ran what
+    (``--json`` has every record)."""
+    body = entry.body
+    runs = body.get("runs") if entry.kind == "commands" else None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        return json.dumps(body, sort_keys=True)
+    counts = Counter((str(r.get("cmd")), str(r.get("by")), r.get("ok") is True) for r in runs)
+    return f"{len(runs)} read-only run(s): " + ", ".join(
+        f"{cmd} x{n} by {by}" + ("" if ok else " (failed)")
+        for (cmd, by, ok), n in sorted(counts.items()))
 
 
 def show_cmd(args: argparse.Namespace) -> int:

@@ -443,6 +443,21 @@ def test_igris_ledger_show_prints_the_newest_entries(tmp_path, ledger, capsys):
     assert code == 0 and out.strip() == "(no entries)"
 
 
+def test_igris_ledger_show_sums_up_a_batch_of_read_only_runs(tmp_path, ledger, capsys):
+    root = str(tmp_path / "root")
+    run = {"id": "r", "args": "a" * 32, "result": "b" * 32}
+    runs = [{**run, "cmd": "ping", "by": "op", "ok": True}] * 12 + [
+        {**run, "cmd": "status", "by": "mqtt", "ok": True},
+        {**run, "cmd": "gpio.read", "by": "op", "ok": False, "error": "bad_args"}]
+    ledger.append("commands", {"runs": runs})
+    code, out, _ = run_cli(capsys, "ledger", "show", "--root", root, "--limit", "1")
+    assert code == 0
+    assert out.split("commands", 1)[1].strip() == (
+        "14 read-only run(s): gpio.read x1 by op (failed), ping x12 by op, status x1 by mqtt")
+    code, out, _ = run_cli(capsys, "ledger", "show", "--root", root, "--limit", "1", "--json")
+    assert json.loads(out)[0]["body"]["runs"] == runs
+
+
 def test_igris_ledger_explains_a_root_with_nothing_to_read(tmp_path, capsys):
     code, _, err = run_cli(capsys, "ledger", "show", "--root", str(tmp_path / "nowhere"))
     assert code == 1 and "no agent database" in err
