@@ -4,6 +4,7 @@ refusals, ledger. Real identities, signed channels, membership, SQLite and ledge
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -39,6 +40,21 @@ def make_registry(calls: list[str]) -> CommandRegistry:
     registry.add(CommandSpec("bump", bump, "change something", args={"by": Arg(int)},
                              mutates=True, roles=ROLES_MUTATE))
     registry.add(CommandSpec("slow", slow, "too slow", timeout_s=0.2))
+
+    # Plain functions: answered inline, from the message callback.
+    def peek(call):
+        calls.append(call.id)
+        if call.args["crash"]:
+            raise ValueError("sensor unplugged")
+        return {"seen": True}
+
+    def tick(call):
+        calls.append(call.id)
+        return {"ticked": call.args["n"]}
+
+    registry.add(CommandSpec("peek", peek, "a quick read", args={"crash": Arg(bool)}))
+    registry.add(CommandSpec("tick", tick, "a quick change", args={"n": Arg(int)},
+                             mutates=True, roles=ROLES_MUTATE))
     return registry
 
 
@@ -328,3 +344,36 @@ async def test_a_command_name_that_is_not_a_string_gets_a_bad_request_reply(flee
     await settle()
     assert devs[0].server.refused["bad_request"] == 1
     assert [parse_envelope(m.payload).body["error"]["code"] for m in got] == ["bad_request"]
+
+
+async def test_plain_function_handlers_answer_inline_fail_cleanly_and_run_once(fleet):
+    make, _ = fleet
+    devs, op = await four_devices_and_an_operator(make)
+    d0 = devs[0]
+    ok = await op.bus.request("d0", "peek", {"crash": False}, timeout=5)
+    assert ok.complete and ok.replies["d0"].result == {"seen": True}
+    crashed = await op.bus.request("d0", "peek", {"crash": True}, timeout=5)
+    error = crashed.replies["d0"].error
+    assert error["code"] == "failed" and "ValueError: sensor unplugged" in error["message"]
+    assert (await op.bus.request("d0", "peek", {"crash": False}, timeout=5)).complete
+    assert d0.server.stats()["running"] == 0  # no task was made for any of them
+    # A plain mutating handler is stored with its reply (what a redelivery after a
+    # restart is answered from) before the reply goes out.
+    got = []
+    await op.transport.subscribe(TOPICS.reply("op", "t1"), got.append)
+    req = op.channel.seal("cmd", {"cmd": "tick", "args": {"n": 3}, "cert":
+                                  op.identity.certificate.to_dict(),
+                                  "reply_to": TOPICS.reply("op", "t1")})
+    await op.transport.publish(TOPICS.cmd("d0"), req.encode(), qos=1)
+    await settle()
+    assert d0.calls.count(req.id) == 1
+    assert [parse_envelope(m.payload).body["result"] for m in got] == [{"ticked": 3}]
+    stored = d0.db.conn.execute("SELECT reply FROM command_log WHERE id = ?",
+                                (req.id,)).fetchone()
+    assert json.loads(stored[0])["result"] == {"ticked": 3}
+    await d0.server.stop()
+    runs = recorded_runs(d0.ledger.entries(limit=1000))
+    assert [(r["cmd"], r["ok"], r.get("error")) for r in runs] == [
+        ("peek", True, None), ("peek", False, "failed"), ("peek", True, None),
+        ("tick", True, None)]
+    assert d0.ledger.verify().ok
