@@ -40,6 +40,7 @@ import contextlib
 import enum
 import logging
 import random
+import select
 import socket
 import ssl
 import threading
@@ -70,6 +71,7 @@ _UNSUPPORTED_PROTOCOL = 0x84
 _MAX_SUBSCRIPTION_ID = 268_435_455
 _RESPONSE_TOPIC = 0x08  # MQTT 5 property identifiers
 _CORRELATION_DATA = 0x09
+_READ_BURST = 32  # packets read per wake-up at most
 
 
 class _PahoLog:
@@ -549,12 +551,18 @@ class MqttTransport(Transport):
             misc.add_done_callback(self._dying.discard)
 
     def _on_readable(self, client: paho.Client) -> None:
-        client.loop_read()
-        # TLS may hold decrypted bytes the kernel no longer reports as readable.
-        sock = client.socket()
-        while isinstance(sock, ssl.SSLSocket) and sock is self._sock and sock.pending():
+        # paho reads one packet per call: a burst (the replies to a fan-out) is read
+        # in one wake-up rather than one loop turn per packet, up to a bound so a
+        # busy socket cannot starve the loop. TLS may hold decrypted bytes the
+        # kernel no longer reports as readable.
+        for _ in range(_READ_BURST):
             client.loop_read()
             sock = client.socket()
+            if sock is None or sock is not self._sock:
+                return
+            if not (isinstance(sock, ssl.SSLSocket) and sock.pending()) \
+                    and not select.select((sock,), (), (), 0)[0]:
+                return
 
     def _on_writable(self, client: paho.Client) -> None:
         client.loop_write()
