@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--limit", type=int, default=20, metavar="N",
                       help="how many of the newest entries (default 20)")
     show.add_argument("--kind", default=None, metavar="K",
-                      help="only entries of this kind (cert, policy, command, block, ...)")
+                      help="only entries of this kind (cert, policy, command, commands, "
+                           "block, ...)")
     add_json_flag(show)
     show.set_defaults(func=show_cmd)
 
