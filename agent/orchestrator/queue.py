@@ -73,6 +73,7 @@ def _sources(new: str) -> str:
 _TO_LEASED = _sources(TaskState.LEASED)
 _TO_DONE = _sources(TaskState.DONE)
 _TO_DEAD_BY_DEADLINE = "'pending', 'ready', 'failed'"
+_OPEN = ", ".join(f"'{state}'" for state in TaskState.ALL if state not in TaskState.FINAL)
 """Not started yet (a deadline never stops a leased task); the tasks_deadline index's states."""
 
 
@@ -297,6 +298,11 @@ class TaskQueue:
         sql = _ROW + (f"WHERE {' AND '.join(where)} " if where else "")
         rows = self._db.conn.execute(sql + "ORDER BY seq DESC LIMIT ?", (*params, limit))
         return [_task(row) for row in rows]
+
+    def has_open(self) -> bool:
+        """Whether any task is not final yet: pending, ready, leased or failed."""
+        return self._db.conn.execute(
+            f"SELECT 1 FROM tasks WHERE state IN ({_OPEN}) LIMIT 1").fetchone() is not None
 
     def counts(self) -> dict[str, int]:
         """How many tasks are in each state (every state listed, zeros included)."""

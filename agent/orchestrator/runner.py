@@ -14,8 +14,10 @@ the outcome is no longer this runner's.
 
 The loop sleeps until :meth:`TaskRunner.notify` (call it after submitting),
 a slot frees up, or ``poll_s`` passes (failed tasks' backoff ends with no
-event to say so). Every ``expire_every_s`` it returns expired leases, of any
-owner, to the queue.
+event to say so). While the queue holds no open task at all, nothing can
+become ready by the clock alone, so it sleeps ``idle_poll_s`` instead: an
+idle device does not wake every second to ask its database for work. Every
+``expire_every_s`` it returns expired leases, of any owner, to the queue.
 
 >>> async def blink(task: Task) -> dict:                            # doctest: +SKIP
 ...     return {"blinked": task.spec.args["times"]}
@@ -50,13 +52,14 @@ class TaskRunner:
 
     def __init__(self, queue: TaskQueue, handlers: Mapping[str, Handler], *, owner: str,
                  now_ms: Callable[[], int], concurrency: int = 2, lease_s: float = 30.0,
-                 poll_s: float = 1.0, expire_every_s: float = 5.0) -> None:
+                 poll_s: float = 1.0, idle_poll_s: float = 30.0,
+                 expire_every_s: float = 5.0) -> None:
         if not isinstance(owner, str) or not owner:
             raise TaskInvalid(f"a runner needs an owner name (its device id), got {owner!r}")
         if not isinstance(concurrency, int) or concurrency < 1:
             raise TaskInvalid(f"concurrency must be a positive integer, got {concurrency!r}")
         for name, value in (("lease_s", lease_s), ("poll_s", poll_s),
-                            ("expire_every_s", expire_every_s)):
+                            ("idle_poll_s", idle_poll_s), ("expire_every_s", expire_every_s)):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise TaskInvalid(f"{name} must be a positive number of seconds, got {value!r}")
         self._queue = queue
@@ -66,6 +69,7 @@ class TaskRunner:
         self._concurrency = concurrency
         self._lease_s = lease_s
         self._poll_s = poll_s
+        self._idle_poll_s = idle_poll_s
         self._expire_every_ms = round(expire_every_s * 1000)
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -120,18 +124,21 @@ class TaskRunner:
         while True:
             # Clear first: a notify() that arrives while we lease is not lost.
             self._wake.clear()
+            wait_s = self._poll_s
             try:
                 if self._now_ms() >= next_expiry_ms:
                     self._counters["expired"] += len(self._queue.expire_leases())
                     next_expiry_ms = self._now_ms() + self._expire_every_ms
                 self._lease_into_free_slots()
+                if not self._running and not self._queue.has_open():
+                    wait_s = self._idle_poll_s
             except Exception:
                 self._counters["errors"] += 1
                 log.exception("runner %s: leasing failed; trying again in %ss",
                               self._owner, self._poll_s)
             # Not wait_for: on Python < 3.12 it can swallow the cancel that stop() sends
             # when the event is set at the same moment, and the loop would never end.
-            timer = loop.call_later(self._poll_s, self._wake.set)
+            timer = loop.call_later(wait_s, self._wake.set)
             try:
                 await self._wake.wait()
             finally:

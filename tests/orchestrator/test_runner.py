@@ -24,10 +24,15 @@ def clock():
 
 
 @pytest.fixture
-def queue(tmp_path, clock):
+def db(tmp_path):
     db = Database.open(tmp_path / "igris.db")
-    yield TaskQueue(db, now_ms=clock, rand=lambda: 0.0)  # no backoff wait on retries
+    yield db
     db.close()
+
+
+@pytest.fixture
+def queue(db, clock):
+    return TaskQueue(db, now_ms=clock, rand=lambda: 0.0)  # no backoff wait on retries
 
 
 def make_runner(queue, clock, handlers, async_cleanup, **kw):
@@ -220,3 +225,35 @@ def test_bad_runner_settings_are_refused(queue, clock, kw, expected):
     settings = {"owner": "pi-01", **kw}
     with pytest.raises(TaskInvalid, match=expected):
         TaskRunner(queue, {"echo": echo}, now_ms=clock, **settings)
+
+
+async def test_an_idle_runner_stops_asking_the_database_and_still_runs_new_work_at_once(
+        db, clock, async_cleanup):
+    queue = TaskQueue(db, now_ms=clock, rand=lambda: 1.0)  # retries wait a full backoff
+    fail = {"left": 1}
+
+    async def flaky(task):
+        if fail["left"]:
+            fail["left"] -= 1
+            raise RuntimeError("not yet")
+        return {"ok": True}
+
+    runner = make_runner(queue, clock, {"echo": echo, "flaky": flaky}, async_cleanup,
+                         poll_s=0.01, idle_poll_s=60)
+    statements = []
+    await runner.start()
+    await asyncio.sleep(0.05)  # its first look found nothing open
+    db.conn.set_trace_callback(statements.append)
+    await asyncio.sleep(0.3)  # 30 polls' worth at poll_s
+    assert statements == []
+    # New work is not kept waiting for the idle poll: notify() wakes it.
+    [task_id] = queue.submit(TaskSpec("a", "echo", {"n": 1}))
+    runner.notify()
+    await until(lambda: queue.get(task_id).state == "done", timeout=2)
+    # While a task waits out its backoff the runner keeps polling (no event says it
+    # ended), so the retry runs once the clock alone has moved past it.
+    [retried] = queue.submit(TaskSpec("b", "flaky", retries=1))
+    runner.notify()
+    await until(lambda: queue.get(retried).state == "failed", timeout=2)
+    clock.ms += 600_000
+    await until(lambda: queue.get(retried).state == "done", timeout=2)
