@@ -1,4 +1,5 @@
-"""Firmware tools (``igris-fw``): signed OTA bundles and first-boot preparation of boot images."""
+"""Firmware tools (``igris-fw``): signed OTA bundles, A/B slots, first-boot preparation of boot
+images, and the MicroPython lite agent's bundle."""
 
 from firmware_tools.bundle import build_bundle, verify_bundle
 from firmware_tools.errors import BootDirInvalid, BundleRejected, FirmwareError

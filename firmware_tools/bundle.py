@@ -33,7 +33,7 @@ import nacl.exceptions
 import nacl.signing
 
 from agent.compat import b64url_decode, b64url_encode, canonical_json
-from agent.config.load import read_toml
+from agent.config.load import CONFIG_NAME, read_toml
 from agent.config.schema import build_config
 from agent.device import available_profiles
 from agent.errors import CertificateInvalid, ConfigInvalid
@@ -45,7 +45,6 @@ from firmware_tools.version import parse_version
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "signature.json"
-CONFIG_NAME = "agent.toml"
 SIGNER_ROLE = "operator"
 MAX_METADATA_BYTES = 256 * 1024
 _CHUNK = 1 << 16

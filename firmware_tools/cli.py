@@ -1,4 +1,4 @@
-"""The ``igris-fw`` command: a thin shell over :mod:`firmware_tools.bundle` and ``.image``.
+"""The ``igris-fw`` command: a thin shell over the bundle, image, slots and MicroPython tools.
 
 Exit status: 0 done, 1 refused or failed (one line on stderr, and with
 ``--json`` a ``{"ok": false, "reason": ...}`` object on stdout), 2 usage.

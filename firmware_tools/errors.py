@@ -1,7 +1,7 @@
 """Errors of the firmware tools, under the agent's one exception tree.
 
 They live here rather than in ``agent/errors.py`` because only the
-firmware tools (and the update command that will call them) raise them,
+firmware tools (and ``igris update``, which calls them) raise them,
 and ``agent/errors.py`` must stay portable to MicroPython.
 """
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
+from agent.config.load import CONFIG_NAME
 from agent.errors import ConfigInvalid
 
 FIRSTBOOT_UNIT = "igris-firstboot.service"
@@ -30,7 +31,6 @@ AGENT_UNIT = "igris-agent.service"
 SCRIPT = "firstboot.sh"
 FOLDER = "igris"
 CLIENT_KEY = "client.key"
-CONFIG_NAME = "agent.toml"
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9_./+-]*")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.+-]*")
 _SAFE_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")

@@ -9,8 +9,8 @@ Layout under ``base`` (``/opt/igris`` on a device)::
     ota.json             the slots' versions, the pending update, the last outcome
     ota-check.py         the boot check (firmware_tools/otacheck.py), run before each start
 
-:func:`apply` goes step by step (``verify``, ``install``, ``pending``,
-``switch``), each step safe to interrupt: until ``current`` is switched
+:func:`apply` goes step by step (``fetch``, ``verify``, ``install``,
+``pending``, ``switch``), each step safe to interrupt: until ``current`` is switched
 (one atomic ``os.replace`` of a symlink) the device runs the old slot, and
 the boot check drops a pending update that never switched. After the switch
 the new agent must confirm itself healthy (:func:`confirm`) before its

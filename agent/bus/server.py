@@ -11,9 +11,9 @@ broker carries them, the ``reply_to`` field of the body otherwise.
 
 **Once only.** QoS 1 may deliver a request again (after a reconnect, or a
 restart with a persistent session). Every execution of a mutating command
-(and every refusal) is stored by request id with its reply, in the same
-transaction as its ledger entry, before the reply goes out; a repeat gets
-the stored reply and runs nothing.
+(and every refusal, but of a read-only command) is stored by request id
+with its reply, in the same transaction as its ledger entry, before the
+reply goes out; a repeat gets the stored reply and runs nothing.
 
 **Read-only commands answer first.** They need no stored reply: a
 redelivery within the session is caught by the channel's replay guard, and
@@ -112,7 +112,6 @@ class CommandServer:
         record: Recorder,
         policy_section: Callable[[str], dict[str, Any]],
         now_ms: Callable[[], int],
-        audit_window_s: float = AUDIT_WINDOW_S,
     ):
         self.channel = channel
         self.topics = topics
@@ -125,7 +124,6 @@ class CommandServer:
         self._running: dict[str, asyncio.Task[None]] = {}  # by request id
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
         self._buckets: dict[str, _Bucket] = {}
-        self.audit_window_s = audit_window_s
         self._audit: list[dict[str, Any]] = []  # read-only runs not yet in the ledger
         self._audit_timer: asyncio.TimerHandle | None = None
         self._pruner: asyncio.Task[None] | None = None
@@ -298,14 +296,18 @@ class CommandServer:
     def _reply(self, env: Envelope, name: str, outcome: dict[str, Any]) -> dict[str, Any]:
         return {"re": env.id, "device": self._me, "cmd": name, **outcome}
 
-    def _finish(self, env: Envelope, name: str, outcome: dict[str, Any]) -> dict[str, Any]:
-        """Store and record one execution (or refusal); returns the reply to send."""
+    def _finish(self, env: Envelope, name: str, outcome: dict[str, Any], *,
+                store: bool = True) -> dict[str, Any]:
+        """Record one execution (or refusal) and, with ``store``, keep its reply for a
+        redelivery (a read-only command's is never looked up); returns the reply to send."""
         full = self._reply(env, name, outcome)
         with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO command_log (id, src, command, ok, reply, done_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (env.id, env.src, name, int(outcome["ok"]), json.dumps(full), self._now_ms()))
+            if store:
+                conn.execute(
+                    "INSERT OR REPLACE INTO command_log (id, src, command, ok, reply, done_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (env.id, env.src, name, int(outcome["ok"]), json.dumps(full),
+                     self._now_ms()))
             self._record_now(_run_record(env.id, env.src, name, env.body.get("args", {}),
                                          outcome))
         return full
@@ -324,7 +326,7 @@ class CommandServer:
             self._write_audit_logged()
         elif self._audit_timer is None:
             self._audit_timer = asyncio.get_running_loop().call_later(
-                self.audit_window_s, self._write_audit_logged)
+                AUDIT_WINDOW_S, self._write_audit_logged)
 
     def _write_audit(self) -> None:
         """Write the pending read-only executions as one signed ledger entry."""
@@ -361,7 +363,7 @@ class CommandServer:
             return
         log.warning("refused %r from %s: %s", name, env.src, exc)
         reply = self._finish(env, name if isinstance(name, str) else "?",
-                             _error(exc.code, exc.detail))
+                             _error(exc.code, exc.detail), store=not self._read_only(env))
         if reply_to:
             self._send_reply(reply_to, correlation, reply)
 

@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agent.cli.common import add_root_option, resolve_root
+from agent.cli.common import add_root_option, ask_agent
 from agent.cli.output import add_json_flag, emit, rows
-from agent.control import SOCKET_NAME, call
 from agent.errors import ConfigInvalid
 
 INFER_HELP = "run one request through the router (local model, a peer, or the remote API)"
@@ -89,7 +88,7 @@ def _human_decision(d: dict[str, Any]) -> str:
 
 
 def explain_cmd(args: argparse.Namespace) -> int:
-    result = call(resolve_root(args) / SOCKET_NAME, "ai.explain", _params(args, args.task))
+    result = ask_agent(args, "ai.explain", _params(args, args.task))
     emit(result, as_json=args.json, human=_human_decision)
     return 0
 
@@ -102,7 +101,7 @@ def infer_cmd(args: argparse.Namespace) -> int:
         params["inputs"] = read_input(args.input)
     else:
         raise ConfigInvalid("give INPUT (JSON, @FILE or holdout:N) or --text")
-    result = call(resolve_root(args) / SOCKET_NAME, "ai.infer", params, timeout=60)
+    result = ask_agent(args, "ai.infer", params, timeout=60)
 
     def human(r: dict[str, Any]) -> str:
         shown = {"backend": r["backend"], "latency_ms": r["latency_ms"]}

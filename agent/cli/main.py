@@ -40,7 +40,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     named = next((arg for arg in argv or () if not arg.startswith("-")), None)
     modules = [COMMANDS[named]] if named in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
-    for module in dict.fromkeys(modules):
+    for module in modules:
         importlib.import_module(f"agent.cli.{module}").register(sub)
     return parser
 

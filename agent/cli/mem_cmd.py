@@ -18,9 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agent.cli.common import add_root_option, resolve_root
+from agent.cli.common import add_root_option, ask_agent, resolve_root
 from agent.cli.output import add_json_flag, columns, emit, short, when
-from agent.control import SOCKET_NAME, call
 from agent.db import Database
 from agent.errors import DocumentInvalid, DocumentNotFound
 from agent.identity import Identity
@@ -199,15 +198,13 @@ def ls_cmd(args: argparse.Namespace) -> int:
 
 def share_cmd(args: argparse.Namespace) -> int:
     """Through the running agent: it holds the connection the key message goes out on."""
-    result = call(resolve_root(args) / SOCKET_NAME, "mem.share",
-                  {"pool": args.pool, "devices": args.devices})
+    result = ask_agent(args, "mem.share", {"pool": args.pool, "devices": args.devices})
     emit(result, as_json=args.json)
     return 0
 
 
 def unshare_cmd(args: argparse.Namespace) -> int:
-    result = call(resolve_root(args) / SOCKET_NAME, "mem.unshare",
-                  {"pool": args.pool, "device": args.device})
+    result = ask_agent(args, "mem.unshare", {"pool": args.pool, "device": args.device})
     emit(result, as_json=args.json)
     return 0
 

@@ -8,9 +8,8 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from agent.cli.common import add_root_option, resolve_root
+from agent.cli.common import add_root_option, ask_agent
 from agent.cli.output import add_json_flag, columns, emit
-from agent.control import SOCKET_NAME, call
 
 HELP = ("list the peers this device follows (and lite devices relayed by gateways): "
         "state, session, groups, last seen, health")
@@ -64,6 +63,6 @@ def _counts(counts: Mapping[str, int]) -> str:
 
 
 def peers(args: argparse.Namespace) -> int:
-    result = call(resolve_root(args) / SOCKET_NAME, "peers")
+    result = ask_agent(args, "peers")
     emit(result, as_json=args.json, human=table)
     return 0

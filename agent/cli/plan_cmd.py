@@ -15,9 +15,9 @@ import re
 import shlex
 from typing import Any
 
-from agent.cli.common import add_root_option
+from agent.cli.common import add_root_option, ask_agent
 from agent.cli.output import add_json_flag, columns, emit, short
-from agent.cli.task_cmd import ask, where
+from agent.cli.task_cmd import where
 from agent.orchestrator.planner import BACKENDS
 
 HELP = "turn a goal into a plan (from a template or the LLM planner), show it and queue it"
@@ -58,7 +58,7 @@ def goal_line(words: list[str]) -> str:
 
 
 def plan_cmd(args: argparse.Namespace) -> int:
-    result = ask(args, "plan", {"goal": goal_line(args.goal), "backend": args.backend,
+    result = ask_agent(args, "plan", {"goal": goal_line(args.goal), "backend": args.backend,
                                 "dry_run": args.dry_run}, timeout=PLAN_TIMEOUT_S)
     emit(result, as_json=args.json, human=plan_table)
     return 0

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from agent.cli.common import add_root_option, resolve_root
+from agent.cli.common import add_root_option, ask_agent
 from agent.cli.output import add_json_flag, emit, rows
-from agent.control import SOCKET_NAME, call
 
 HELP = "show the running agent's device, health, LED, broker and uptime"
 
@@ -47,6 +46,6 @@ def _human(s: dict[str, Any]) -> str:
 
 
 def status(args: argparse.Namespace) -> int:
-    result = call(resolve_root(args) / SOCKET_NAME, "status")
+    result = ask_agent(args, "status")
     emit(result, as_json=args.json, human=_human)
     return 0

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.cmd_cmd import parse_args
-from agent.cli.common import add_root_option, resolve_root
+from agent.cli.common import add_root_option, ask_agent
 from agent.cli.output import add_json_flag, columns, emit, rows, when
-from agent.control import SOCKET_NAME, call
 from agent.errors import TaskInvalid
 from agent.orchestrator.models import Plan, TaskSpec, TaskState
 
@@ -90,12 +89,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_json_flag(command)
 
 
-def ask(args: argparse.Namespace, method: str, params: dict[str, Any],
-        timeout: float = 10.0) -> Any:
-    """Call ``method`` on the agent of ``--root``."""
-    return call(resolve_root(args) / SOCKET_NAME, method, params, timeout=timeout)
-
-
 def submit_cmd(args: argparse.Namespace) -> int:
     if args.file is not None:
         given = [f"--{name}" for name in _SPEC_OPTIONS if getattr(args, name) is not None]
@@ -105,7 +98,7 @@ def submit_cmd(args: argparse.Namespace) -> int:
                               "come with it; write it into the file instead")
     work = read_work(args.file) if args.file is not None else task_from_args(args)
     key = "plan" if isinstance(work, Plan) else "task"
-    result = ask(args, "task.submit", {key: work.to_dict()})
+    result = ask_agent(args, "task.submit", {key: work.to_dict()})
     emit(result, as_json=args.json, human=lambda r: "\n".join(r["ids"]))
     return 0
 
@@ -153,17 +146,17 @@ def ls_cmd(args: argparse.Namespace) -> int:
         params["state"] = args.state
     if args.plan is not None:
         params["plan"] = args.plan
-    emit(ask(args, "task.list", params), as_json=args.json, human=task_table)
+    emit(ask_agent(args, "task.list", params), as_json=args.json, human=task_table)
     return 0
 
 
 def show_cmd(args: argparse.Namespace) -> int:
-    emit(ask(args, "task.show", {"id": args.id}), as_json=args.json, human=task_details)
+    emit(ask_agent(args, "task.show", {"id": args.id}), as_json=args.json, human=task_details)
     return 0
 
 
 def cancel_cmd(args: argparse.Namespace) -> int:
-    result = ask(args, "task.cancel", {"id": args.id})
+    result = ask_agent(args, "task.cancel", {"id": args.id})
     emit(result, as_json=args.json,
          human=lambda r: "cancelled " + ", ".join(r["cancelled"]))
     return 0

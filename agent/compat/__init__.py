@@ -100,18 +100,20 @@ def b64url_decode(text: str) -> bytes:
     if _URL_TO_STD is not None and type(text) is str:
         # CPython: decode leniently, then accept only if that is the one text
         # these bytes encode to. Same verdict as the checks below, in two C calls.
+        raw = text.encode()
         try:
-            data = binascii.a2b_base64(text.encode().translate(_URL_TO_STD) + b"==")
+            data = binascii.a2b_base64(raw.translate(_URL_TO_STD) + b"==")
         except ValueError:
             data = None
         if data is not None and binascii.b2a_base64(data, newline=False).translate(
-                _STD_TO_URL).rstrip(b"=") == text.encode():
+                _STD_TO_URL).rstrip(b"=") == raw:
             return data
     return _b64url_decode_checked(text)
 
 
 def _b64url_decode_checked(text):
-    # The portable path, and on CPython the one that says what is wrong.
+    # The portable path, and on CPython the one that says what is wrong (the fast path
+    # above has accepted every canonical text there).
     if not isinstance(text, str):
         raise ValueError("base64url text must be a string")
     # strip() leaves something only if a character is outside the alphabet (an
@@ -124,8 +126,6 @@ def _b64url_decode_checked(text):
     pad_mask = _PAD_BITS[len(text) % 4]
     if pad_mask and _B64URL_CHARS.index(text[-1]) & pad_mask:
         raise ValueError("base64url text has non-zero pad bits: " + repr(text[-4:]))
-    if _URL_TO_STD is not None:
-        return binascii.a2b_base64(text.encode().translate(_URL_TO_STD) + b"=" * (-len(text) % 4))
     padded = text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4)
     return binascii.a2b_base64(padded.encode())
 

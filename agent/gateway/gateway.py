@@ -34,9 +34,11 @@ from typing import Any
 from agent.bus.registry import ROLES_MUTATE, Arg, CommandCall, CommandSpec
 from agent.errors import CommandRefused, EnvelopeRejected, TopicInvalid
 from agent.gateway.keyring import LiteKeyring
-from agent.gateway.peers import REACHABLE, LitePeer, LitePeers
+from agent.gateway.peers import LitePeer, LitePeers
 from agent.gateway.topics import COMMAND, LiteTopics
 from agent.identity.channel import SignedChannel
+from agent.mesh.membership import GATEWAY_CAP  # what peers require of a relay's signer
+from agent.mesh.peers import REACHABLE
 from agent.transport.base import Message, Subscription
 from agent.wire import Envelope, compare_ts, mac_envelope, parse_envelope, verify_envelope_mac
 
@@ -46,8 +48,6 @@ MAX_LITE_BYTES = 4096
 """Lite messages are small; anything bigger is refused before parsing."""
 COMMAND_TIMEOUT_S = 5.0
 READ_ONLY = ("ping", "status", "gpio.read")
-RELAY_CAP = "gateway"
-"""The capability other agents require of a relay's signer (``igris enroll --cap gateway``)."""
 RELAY_REFRESH_S = 30.0
 _UNPARSED = "(unparsed)"
 
@@ -128,10 +128,10 @@ class Gateway:
         self.command_timeouts = 0
 
     async def start(self) -> None:
-        if RELAY_CAP not in self.channel.identity.certificate.caps:
+        if GATEWAY_CAP not in self.channel.identity.certificate.caps:
             log.warning("this gateway's certificate lacks the %r capability: other agents "
                         "will drop its lite relays; enroll it again with --cap %s",
-                        RELAY_CAP, RELAY_CAP)
+                        GATEWAY_CAP, GATEWAY_CAP)
         transport = self.channel.transport
         self._subs = [await transport.subscribe(f, self._on_message, qos=1)
                       for f in self.topics.uplink_filters()]

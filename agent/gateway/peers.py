@@ -17,11 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-ALIVE = "alive"
-SUSPECT = "suspect"
-DEAD = "dead"
-LEFT = "left"
-REACHABLE = (ALIVE, SUSPECT)
+from agent.mesh.peers import ALIVE, DEAD, LEFT, SUSPECT  # the mesh's own states
+
 SUSPECT_BEATS = 3
 DEAD_BEATS = 6
 _BIRTH_INFO = ("version", "pins", "writable", "commands")

@@ -299,12 +299,13 @@ class MemorySync:
         self._unsettled: dict[tuple[str, str], int] = {}
 
     def digest(self, pool: str) -> dict[str, Any]:
-        """:func:`pool_digest`, kept until the database changes or a row of the pool expires
-        (every peer's heartbeat asks for it)."""
+        """:func:`pool_digest`, kept until a document row is written (the newest seq moves;
+        the ledger's and other tables' writes do not count), another connection commits,
+        or a row of the pool expires (every peer's heartbeat asks for it)."""
         conn = self.store.db.conn
         now = self.store.now_ms()
         cached = self._digests.get(pool)
-        stamp = (conn.total_changes, conn.execute("PRAGMA data_version").fetchone()[0])
+        stamp = (head_seq(self.store), conn.execute("PRAGMA data_version").fetchone()[0])
         if cached is not None and cached[0][:2] == stamp and (
                 cached[0][2] is None or now < cached[0][2]):
             return cached[1]
@@ -334,12 +335,16 @@ class MemorySync:
     def device_id(self) -> str:
         return self.sharing.device_id
 
-    def shared_pools(self) -> list[str]:
-        """Pools shared with at least one other device, this one among the members."""
+    def shared_pools(self) -> dict[str, list[str]]:
+        """Pools shared with at least one other device, this one among the members: their
+        members."""
         rows = self.store.db.conn.execute("SELECT pool FROM pool_members ORDER BY pool")
-        return [pool for (pool,) in rows
-                if self.device_id in self.sharing.members(pool)
-                and len(self.sharing.members(pool)) > 1]
+        shared = {}
+        for (pool,) in rows:
+            members = self.sharing.members(pool)
+            if self.device_id in members and len(members) > 1:
+                shared[pool] = members
+        return shared
 
     def digests(self) -> dict[str, str]:
         """``{pool: root}`` of the shared pools: what a heartbeat carries as ``mem``."""
@@ -350,9 +355,9 @@ class MemorySync:
         if peer == self.device_id or not isinstance(mem, dict):
             return []
         started = []
-        for pool in self.shared_pools():
+        for pool, members in self.shared_pools().items():
             root = mem.get(pool)
-            if not isinstance(root, str) or peer not in self.sharing.members(pool):
+            if not isinstance(root, str) or peer not in members:
                 continue
             if root != self.digest(pool)["root"]:
                 started.append(self.start_sync(peer, pool))

@@ -46,6 +46,7 @@ from agent.mesh.peers import (
     BLOCKED,
     DEAD,
     LEFT,
+    REACHABLE,
     SUSPECT,
     UNKNOWN,
     Peer,
@@ -179,7 +180,7 @@ class Membership:
         now = self._now_ms()
         self._peers = self.table.load()
         # Restarted: give every peer we believed up a full timeout to show itself.
-        self._heard = {dev: now for dev, p in self._peers.items() if p.state in (ALIVE, SUSPECT)}
+        self._heard = {dev: now for dev, p in self._peers.items() if p.state in REACHABLE}
         self._online = self.channel.transport.connected
         self.channel.transport.add_connection_listener(self._on_connection)
         if self.scope == GROUP:
@@ -369,7 +370,7 @@ class Membership:
         gateway = self.peer(via)
         if gateway is None:
             return relayed.with_(state=UNKNOWN)
-        if gateway.state in (ALIVE, SUSPECT) or relayed.state in (DEAD, LEFT):
+        if gateway.state in REACHABLE or relayed.state in (DEAD, LEFT):
             return relayed
         return relayed.with_(state=DEAD)
 
@@ -428,4 +429,4 @@ class Membership:
 
 
 def _rank(peer: RelayedPeer) -> tuple[bool, int]:
-    return peer.state in (ALIVE, SUSPECT), peer.changed_ms
+    return peer.state in REACHABLE, peer.changed_ms

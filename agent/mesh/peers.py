@@ -23,6 +23,7 @@ SUSPECT = "suspect"
 DEAD = "dead"
 LEFT = "left"  # stopped gracefully
 BLOCKED = "blocked"  # shown, never stored: the blocklist decides it
+REACHABLE = (ALIVE, SUSPECT)  # may still answer
 UNKNOWN = "unknown"  # a relayed lite peer whose gateway this device does not know (yet)
 RELAYED_STATES = (ALIVE, SUSPECT, DEAD, LEFT)
 """What a gateway may say of a lite device."""

@@ -73,8 +73,12 @@ def _sources(new: str) -> str:
 _TO_LEASED = _sources(TaskState.LEASED)
 _TO_DONE = _sources(TaskState.DONE)
 _TO_DEAD_BY_DEADLINE = "'pending', 'ready', 'failed'"
-_OPEN = ", ".join(f"'{state}'" for state in TaskState.ALL if state not in TaskState.FINAL)
 """Not started yet (a deadline never stops a leased task); the tasks_deadline index's states."""
+_OPEN = ", ".join(f"'{state}'" for state in TaskState.ALL if state not in TaskState.FINAL)
+"""Not final (:meth:`TaskQueue.has_open`)."""
+# Back to ready, the attempt not counted: a lease given back unrun.
+_RELEASE = ("UPDATE tasks SET state = 'ready', attempts = attempts - 1, lease_owner = NULL, "
+            "lease_expires_ms = NULL, updated_ms = ? WHERE state = 'leased' AND lease_owner = ?")
 
 
 class TaskQueue:
@@ -200,15 +204,17 @@ class TaskQueue:
 
     def release(self, task_id: str, owner: str) -> None:
         """Give a leased task back unrun (a runner stopping): ready again, attempt not counted."""
-        now = self._now_ms()
         with self._db.transaction() as conn:
-            changed = conn.execute(
-                "UPDATE tasks SET state = 'ready', attempts = attempts - 1, lease_owner = NULL, "
-                "lease_expires_ms = NULL, updated_ms = ? "
-                "WHERE id = ? AND state = 'leased' AND lease_owner = ?",
-                (now, task_id, owner)).rowcount
+            changed = conn.execute(_RELEASE + " AND id = ?",
+                                   (self._now_ms(), owner, task_id)).rowcount
             if not changed:
                 raise _not_held(conn, task_id, owner, "release it")
+
+    def release_all(self, owner: str) -> int:
+        """Give back every lease ``owner`` holds (its previous run's); how many there were."""
+        _check_owner(owner)
+        with self._db.transaction() as conn:
+            return conn.execute(_RELEASE, (self._now_ms(), owner)).rowcount
 
     def place(self, task_id: str, owner: str, placement: Placement) -> None:
         """Record where the lease holder sent a task to run (shown by ``igris task show``)."""

@@ -86,10 +86,7 @@ class Scheduler:
 
     async def start(self) -> None:
         """Take back the leases a previous run of this device left, then start placing."""
-        for task in self.queue.list(state="leased", limit=10_000):
-            if task.lease_owner == self.device_id:
-                self.queue.release(task.id, self.device_id)
-                self.counters["reclaimed"] += 1
+        self.counters["reclaimed"] += self.queue.release_all(self.device_id)
         await self.runner.start()
 
     async def stop(self) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent.ai.backend import Backend
-from agent.bus import Bus, CommandServer
+from agent.bus import ROLES_MUTATE, Bus, CommandServer
 from agent.db import Database
 from agent.errors import TaskInvalid
 from agent.identity.certificate import Certificate
@@ -22,11 +22,8 @@ from agent.mesh import Membership, PolicySync
 from agent.orchestrator.kinds import KindContext, builtin_kinds, plugin_kinds
 from agent.orchestrator.models import Plan, TaskSpec
 from agent.orchestrator.placement import NodeView, Thresholds
-from agent.orchestrator.queue import TaskQueue
+from agent.orchestrator.queue import DEFAULT_LIST_LIMIT, TaskQueue
 from agent.orchestrator.scheduler import Scheduler
-
-DISPATCH_ROLES = ("operator", "scheduler")
-"""Roles whose agents place tasks on other devices (they may send ``task.run``)."""
 
 
 class Orchestration:
@@ -41,7 +38,6 @@ class Orchestration:
         self.certificate = certificate
         self.device_id = certificate.subject
         self._membership = membership
-        self._policy = policy
         self._health = health
         self._remote = remote
         self._planner: Any = None
@@ -50,7 +46,7 @@ class Orchestration:
             device_id=self.device_id, infer=infer, sample=sample, memory=memory,
             run_command=lambda name, args, role: commands.execute_local(name, args, by="task",
                                                                         role=role))
-        dispatches = certificate.role in DISPATCH_ROLES
+        dispatches = certificate.role in ROLES_MUTATE  # those task.run accepts
         self.scheduler = Scheduler(
             self.queue, builtin_kinds(context), device_id=self.device_id, nodes=self.nodes,
             thresholds=lambda: Thresholds.from_policy(policy.section("orchestration")),
@@ -79,7 +75,7 @@ class Orchestration:
 
     async def _list(self, params: dict[str, Any]) -> dict[str, Any]:
         tasks = self.queue.list(params.get("state"), params.get("plan"),
-                                int(params.get("limit", 100)))
+                                int(params.get("limit", DEFAULT_LIST_LIMIT)))
         return {"tasks": [task.to_dict() for task in tasks], "counts": self.queue.counts()}
 
     async def _show(self, params: dict[str, Any]) -> dict[str, Any]:

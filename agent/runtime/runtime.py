@@ -174,8 +174,8 @@ class Runtime:
         self.control = self._build_control(socket_path)
 
     def _follow_policy(self) -> None:
-        """Apply the policy in force now and each one accepted later; the supervisor of the
-        policy's services comes first, as applying a policy hands it that policy's list."""
+        """The supervisor of the policy's services, and the policy applied now and on each
+        one accepted later (start() hands the supervisor its first services list)."""
         self.supervisor = Supervisor(record=self.ledger.append)
         self.policy.add_listener(self._apply_policy)
 
@@ -306,7 +306,7 @@ class Runtime:
             db=self.db, certificate=self.identity.certificate, membership=self.membership,
             policy=self.policy, bus=self.bus, commands=self.commands, memory=self.memory,
             infer=self.ai.infer, sample=self._sample_now, health=self._health_summary,
-            remote=self.remote, now_ms=self._now_ms)
+            remote=self.ai.remote, now_ms=self._now_ms)
         self.registry.add(self.orchestration.scheduler.run_command())
         self.gateway: Gateway | None = None
         if self.config.gateway.lite_dir:  # a gateway for lite devices (docs/lite.md)
@@ -332,9 +332,8 @@ class Runtime:
         # A device that offers a model to its peers must be able to run it.
         local += [m for m in served_models(self.identity.certificate.caps)
                   if m in catalog and m not in local]
-        self.remote = remote_from_settings(settings)
         ai = AiService(
-            catalog=catalog, local_models=local, remote=self.remote,
+            catalog=catalog, local_models=local, remote=remote_from_settings(settings),
             bus=self.bus, policy_section=self.policy.section,
             state=lambda: device_state(self._health_summary(), metered=settings.metered_link),
             bench=load_bench(self.db), me=self.identity.device_id,

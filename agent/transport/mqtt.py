@@ -551,10 +551,12 @@ class MqttTransport(Transport):
             misc.add_done_callback(self._dying.discard)
 
     def _on_readable(self, client: paho.Client) -> None:
-        # paho reads one packet per call: a burst (the replies to a fan-out) is read
-        # in one wake-up rather than one loop turn per packet, up to a bound so a
-        # busy socket cannot starve the loop. TLS may hold decrypted bytes the
-        # kernel no longer reports as readable.
+        # paho reads at most as many packets per call as it has QoS>0 messages in
+        # flight (one when it has none, as a caller waiting for a fan-out's replies
+        # does): keep reading while the socket has more, so a burst takes one wake-up
+        # rather than a loop turn per packet, up to a bound so a busy socket cannot
+        # starve the loop. TLS may hold decrypted bytes the kernel no longer reports
+        # as readable.
         for _ in range(_READ_BURST):
             client.loop_read()
             sock = client.socket()
