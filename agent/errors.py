@@ -135,8 +135,8 @@ class CommandError(IgrisError):
     """Base for command bus problems."""
 
 
-class CommandRefused(CommandError):
-    """A command was not run; ``code`` is short and countable, the message says why."""
+class _CodedCommandError(CommandError):
+    """A ``code`` short and countable, and a ``detail`` that says why."""
 
     def __init__(self, code, detail=""):
         self.code = code
@@ -144,17 +144,17 @@ class CommandRefused(CommandError):
         super().__init__(code if not detail else code + ": " + detail)
 
 
-class CommandFailed(CommandError):
+class CommandRefused(_CodedCommandError):
+    """A command was not run; ``code`` is short and countable, the message says why."""
+
+
+class CommandFailed(_CodedCommandError):
     """A command sent to one device came back refused or failed, or not at all.
 
     ``code`` is the reply's error code, or why there was no reply (``timeout``,
-    ``dead``, ``left``, ``blocked``).
+    ``dead``, ``left``, ``blocked``). Not a :class:`CommandRefused`: a handler
+    raises that to refuse, and a failure it passes on must not read as one.
     """
-
-    def __init__(self, code, detail=""):
-        self.code = code
-        self.detail = detail
-        super().__init__(code if not detail else code + ": " + detail)
 
 
 class ProfileNotFound(ConfigError, _LookupError):

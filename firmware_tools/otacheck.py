@@ -97,16 +97,24 @@ def check(base, now=None):
     if now > pending["deadline_ms"] or pending["boots"] >= MAX_BOOTS:
         reason = ("not confirmed healthy by its deadline" if now > pending["deadline_ms"]
                   else f"started {pending['boots']} times without confirming")
-        point_current(base, pending["previous"])
-        state["pending"] = None
-        state["last"] = {"result": "rolled-back", "version": pending["version"],
-                         "to": state["slots"].get(pending["previous"], {}).get("version"),
-                         "ms": now, "reason": reason}
-        save_state(base, state)
+        roll_back(base, state, now, reason)
         return "rolled-back"
     pending["boots"] += 1
     save_state(base, state)
     return "trying"
+
+
+def roll_back(base, state, now, reason):
+    """Point ``current`` back at the slot the pending update replaced, and record why (the
+    boot check's and the agent's own rollback); the ``last`` record written."""
+    pending = state["pending"]
+    point_current(base, pending["previous"])
+    state["pending"] = None
+    state["last"] = {"result": "rolled-back", "version": pending["version"],
+                     "to": state["slots"].get(pending["previous"], {}).get("version"),
+                     "ms": now, "reason": reason}
+    save_state(base, state)
+    return state["last"]
 
 
 def main(argv):

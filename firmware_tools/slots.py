@@ -216,13 +216,7 @@ def roll_back(base: Path, slot: str, now_ms: int, reason: str) -> dict[str, Any]
     pending = state.get("pending")
     if not pending or pending["slot"] != slot:
         return None
-    otacheck.point_current(str(base), pending["previous"])
-    state["pending"] = None
-    state["last"] = {"result": "rolled-back", "version": pending["version"],
-                     "to": state["slots"].get(pending["previous"], {}).get("version"),
-                     "ms": now_ms, "reason": reason}
-    otacheck.save_state(str(base), state)
-    return state["last"]
+    return otacheck.roll_back(str(base), state, now_ms, reason)
 
 
 def python_of(base: Path) -> Path:
