@@ -12,8 +12,12 @@ ok answer).
 
 Each request gets its own reply topic ``reply/<me>/<request>`` (also the
 MQTT 5 response topic, with the request as correlation data), so replies
-are matched without looking inside them, and a late reply to a finished
-request is simply dropped.
+are matched by topic, and a late reply to a finished request is simply
+dropped. A reply must also name the command envelope it answers (``re``).
+
+Requests ask for MACed replies (``reply_mac``): each device answers with
+HMAC-SHA256 under the key it shares with this caller instead of a
+signature, which the gate checks (docs/bus.md, "Replies").
 """
 
 from __future__ import annotations
@@ -119,6 +123,7 @@ class _Pending:
         self.started = started
         self.on_reply = on_reply
         self.oks = 0  # ok replies so far: counted as they come, not per reply (K^2 on fan-out)
+        self.command_id = ""  # the id of the command envelope sent: replies name it in "re"
         self.done = asyncio.get_running_loop().create_future()
 
     def add(self, reply: Reply) -> None:
@@ -228,9 +233,11 @@ class Bus:
             now = self.channel.hlc.now()[0]
             body = {"cmd": command, "args": args or {}, "reply_to": reply_to,
                     "deadline_ms": now + int(timeout * 1000),
-                    "cert": self.channel.identity.certificate.to_dict()}
-            await self.channel.publish(topic, "cmd", body, qos=1, response_topic=reply_to,
-                                       correlation_data=rid.encode())
+                    "cert": self.channel.identity.certificate.to_dict(),
+                    "reply_mac": True}
+            sent = await self.channel.publish(topic, "cmd", body, qos=1, response_topic=reply_to,
+                                              correlation_data=rid.encode())
+            pending.command_id = sent.id
             if not pending.waiting and expected:
                 pending.check()
             try:
@@ -276,10 +283,14 @@ class Bus:
         except (TopicInvalid, KeyError):
             return
         pending = self._pending.get(rid)
-        if pending is None or env.kind != "reply" or env.body.get("device") != env.src:
+        body = env.body
+        # The reply must name our command, and its sender itself: the topic and the
+        # correlation data are not signed, so a broker could move a reply between
+        # requests; "re" is.
+        if pending is None or env.kind != "reply" or body.get("device") != env.src \
+                or body.get("re") != pending.command_id:
             self.late_replies += 1
             return
-        body = env.body
         reply = Reply(env.src, body.get("ok") is True, body.get("result"),
                       body.get("error") if isinstance(body.get("error"), dict) else None,
                       (asyncio.get_running_loop().time() - pending.started) * 1000)

@@ -31,6 +31,16 @@ as a task, with its timeout) or a plain function: a quick read such as
 ``ping`` or ``status`` is then answered from the message callback itself,
 with no task, no timer and no await. A plain handler must not block.
 
+**Replies are MACed when the caller asks.** A request whose body says
+``"reply_mac": true`` (the :class:`~agent.bus.client.Bus` always does) is
+answered with HMAC-SHA256 under the key this device and the caller share
+(:meth:`~agent.identity.Identity.pair_key`, X25519 of the box keys in both
+certificates) instead of an Ed25519 signature. Only the caller reads the
+reply, and the broker cannot forge it either way; the MAC costs a twentieth
+of a signature plus its check, which is what a fan-out to the whole fleet
+pays per device. The device's signed ledger keeps the record of what it ran
+and a digest of what it answered. Other callers get signed replies.
+
 **Refusals are rate-limited per caller**: past a small burst, a caller's
 refused requests get no reply and no ledger entry of their own (they are
 counted, and tallied), so a misbehaving peer cannot make a device write or
@@ -185,7 +195,7 @@ class CommandServer:
         if row is not None:
             self.duplicates += 1
             if reply_to:
-                self._send_reply(reply_to, correlation, json.loads(row[0]))
+                self._send_reply(env, reply_to, correlation, json.loads(row[0]))
             return
         name = env.body.get("cmd")
         try:
@@ -231,10 +241,10 @@ class CommandServer:
         if spec.mutates:
             reply = self._finish(env, spec.name, outcome)
             if reply_to:
-                self._send_reply(reply_to, correlation, reply)
+                self._send_reply(env, reply_to, correlation, reply)
             return
         if reply_to:
-            self._send_reply(reply_to, correlation, self._reply(env, spec.name, outcome))
+            self._send_reply(env, reply_to, correlation, self._reply(env, spec.name, outcome))
         self._defer_audit(_run_record(env.id, env.src, spec.name, env.body.get("args", {}),
                                       outcome))
 
@@ -365,7 +375,7 @@ class CommandServer:
         reply = self._finish(env, name if isinstance(name, str) else "?",
                              _error(exc.code, exc.detail), store=not self._read_only(env))
         if reply_to:
-            self._send_reply(reply_to, correlation, reply)
+            self._send_reply(env, reply_to, correlation, reply)
 
     async def execute_plain(self, name: str, args: Any) -> dict[str, Any]:
         """Run a command for a plain MQTT client (``cmnd/<dev>/<command>``); returns the reply.
@@ -433,11 +443,14 @@ class CommandServer:
 
     # ------------------------------------------------------------------ replying
 
-    def _send_reply(self, reply_to: str, correlation: bytes | None,
+    def _send_reply(self, request: Envelope, reply_to: str, correlation: bytes | None,
                     reply: dict[str, Any]) -> None:
+        # A caller that asks for it (``reply_mac``) gets its reply MACed under the key
+        # only it and we hold, not signed (see the module docstring).
+        mac_for = request.src if request.body.get("reply_mac") is True else None
         try:
             self.channel.publish_nowait(reply_to, "reply", reply, qos=1,
-                                        correlation_data=correlation)
+                                        correlation_data=correlation, mac_for=mac_for)
         except Exception:
             log.exception("reply to %s not sent", reply_to)
 

@@ -137,9 +137,17 @@ def sha256(data: bytes) -> bytes:
 
 _BLOCK = 64
 
+try:
+    from hmac import digest as _hmac_digest  # CPython: one C call, a third of the time
+except ImportError:
+    _hmac_digest = None
+
 
 def hmac_sha256(key: bytes, msg: bytes) -> bytes:
-    """HMAC-SHA256 (RFC 2104), written out because MicroPython may lack ``hmac``."""
+    """HMAC-SHA256 (RFC 2104): ``hmac.digest`` where the port has it, else written
+    out (MicroPython may lack ``hmac``)."""
+    if _hmac_digest is not None:
+        return _hmac_digest(key, msg, "sha256")
     if len(key) > _BLOCK:
         key = sha256(key)
     key = key + b"\x00" * (_BLOCK - len(key))

@@ -12,7 +12,7 @@ import nacl.signing
 from nacl._sodium import ffi as _ffi
 from nacl._sodium import lib as _sodium
 
-from agent.compat import b64url_encode
+from agent.compat import b64url_encode, hmac_sha256
 from agent.errors import CertificateInvalid, NotEnrolled
 from agent.identity.ca import read_public_key
 from agent.identity.certificate import Certificate, key_id, verify_certificate
@@ -20,6 +20,8 @@ from agent.identity.keyfiles import read_key
 from agent.identity.layout import RootLayout
 
 _SIG_BYTES = nacl.bindings.crypto_sign_BYTES
+PAIR_KEY_LABEL = b"igris pair mac v1"
+"""What separates :meth:`Identity.pair_key` from any other use of the shared secret."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,21 @@ class Identity:
         if _sodium.crypto_sign(signed, _ffi.NULL, message, len(message), self._secret):
             raise RuntimeError("libsodium crypto_sign failed")
         return _ffi.buffer(signed, _SIG_BYTES)[:]
+
+    def pair_key(self, their_box_key: bytes) -> bytes:
+        """A 32-byte MAC key that only this device and the holder of ``their_box_key``
+        can compute.
+
+        X25519 of our box secret with their box public key (both come in
+        certificates the fleet CA signed), hashed by libsodium into a
+        ``crypto_box`` key, then through HMAC with :data:`PAIR_KEY_LABEL` so it
+        serves this one purpose. Both sides get the same key. Replies to a
+        caller that asks for them are MACed under it (docs/bus.md): the broker
+        still cannot forge them, and an HMAC costs a small fraction of an
+        Ed25519 signature and its check.
+        """
+        shared = nacl.bindings.crypto_box_beforenm(their_box_key, bytes(self.box_key))
+        return hmac_sha256(shared, PAIR_KEY_LABEL)
 
     def public_summary(self) -> dict[str, object]:
         """What ``igris keys show`` prints: public material only."""

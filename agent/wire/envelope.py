@@ -208,7 +208,8 @@ def _decoder():
 _loads = _decoder()
 
 
-def seal_envelope(src: str, kind: str, body: dict, ts, env_id: str, sign) -> Envelope:
+def seal_envelope(src: str, kind: str, body: dict, ts, env_id: str, sign,
+                  auth: str = "sig") -> Envelope:
     """A new envelope, signed and encoded in one pass: what a sender does per message.
 
     The same as ``sign_envelope(Envelope(src, kind, body, ts, env_id), sign)``
@@ -217,10 +218,11 @@ def seal_envelope(src: str, kind: str, body: dict, ts, env_id: str, sign) -> Env
     and with the signature (base64url: nothing to escape) put straight into
     the wire text, which ``encode()`` then returns. ``ts`` must be a list of
     two ints of its own, as ``HybridClock.now()`` gives: the envelope keeps it.
+    With ``auth="mac"``, ``sign`` gives a MAC and it goes into ``mac`` instead.
     """
     head, tail = _unsigned_text(src, kind, body, ts, env_id, VERSION)
     signing = (head + tail).encode()
-    sig = b64url_encode(sign(signing))
+    tag = b64url_encode(sign(signing))
     # Envelope() less its defaults and conversions, one per message sent.
     env = _blank(Envelope)
     env.v = VERSION
@@ -229,10 +231,14 @@ def seal_envelope(src: str, kind: str, body: dict, ts, env_id: str, sign) -> Env
     env.ts = ts
     env.kind = kind
     env.body = body
-    env.sig = sig
-    env.mac = None
+    if auth == "sig":
+        env.sig, env.mac = tag, None
+    elif auth == "mac":
+        env.sig, env.mac = None, tag
+    else:
+        raise ValueError("auth must be 'sig' or 'mac', not " + repr(auth))
     env._signing = signing
-    env._wire = (sig, None, (head + ',"sig":"' + sig + '"' + tail).encode())
+    env._wire = (env.sig, env.mac, (head + ',"' + auth + '":"' + tag + '"' + tail).encode())
     return env
 
 

@@ -263,6 +263,52 @@ async def test_replies_go_only_to_the_callers_own_inbox(fleet):
 
 
 
+async def spy(node, topic_filter):
+    """Raw wire payloads on ``topic_filter``, as ``node``'s transport receives them."""
+    seen: list = []
+    await node.transport.subscribe(topic_filter, seen.append)
+    return seen
+
+
+async def test_replies_are_maced_for_a_bus_caller_and_signed_for_one_that_did_not_ask(fleet):
+    make, _ = fleet
+    devs, op = await four_devices_and_an_operator(make)
+    wire = await spy(op, TOPICS.filter("reply", "op", "+"))
+    result = await op.bus.request("all", "ping", timeout=5)
+    assert result.complete and len(result.replies) == 4
+    replies = [parse_envelope(m.payload) for m in wire]
+    assert len(replies) == 4
+    assert all(env.mac is not None and env.sig is None for env in replies)
+    # A request without "reply_mac" (an older caller) gets a signed reply.
+    d1_wire = await spy(devs[1], TOPICS.filter("reply", "d1", "+"))
+    req = devs[1].channel.seal("cmd", {"cmd": "ping", "args": {},
+                                       "reply_to": TOPICS.reply("d1", "old")})
+    await devs[1].transport.publish(TOPICS.cmd("d0"), req.encode(), qos=1)
+    await settle()
+    (signed,) = [parse_envelope(m.payload) for m in d1_wire]
+    assert signed.sig is not None and signed.mac is None and signed.body["re"] == req.id
+    # It passed d1's gate and reached its bus, which asked nothing under "old".
+    assert devs[1].bus.late_replies == 1 and not devs[1].channel.dropped
+
+
+async def test_a_reply_that_names_another_command_is_dropped(fleet):
+    make, _ = fleet
+    devs, op = await four_devices_and_an_operator(make)
+    requests = await spy(devs[0], TOPICS.cmd("d0"))
+    asking = asyncio.ensure_future(op.bus.request("d0", "slow", timeout=5))
+    await settle()
+    (request,) = [parse_envelope(m.payload) for m in requests]
+    # d0 (or a broker moving d0's replies between requests) answers on the right
+    # topic with a reply to some other command: not taken as the answer.
+    devs[0].channel.publish_nowait(request.body["reply_to"], "reply",
+                                   {"re": "another", "device": "d0", "ok": True},
+                                   mac_for="op")
+    await settle()
+    assert op.bus.late_replies == 1 and not asking.done()
+    result = await asking  # the real reply: slow timed out on d0 after 0.2 s
+    assert result.replies["d0"].error["code"] == "timeout"
+
+
 async def test_read_only_commands_store_no_reply_and_share_a_ledger_entry_per_window(fleet):
     make, _ = fleet
     devs, op = await four_devices_and_an_operator(make)

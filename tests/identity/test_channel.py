@@ -7,7 +7,7 @@ import pytest
 from agent.identity import FleetCa, Identity, SignedChannel, TrustStore, enroll
 from agent.transport import InprocBroker, InprocTransport
 from agent.transport.base import Message
-from agent.wire import Envelope, HybridClock, sign_envelope
+from agent.wire import Envelope, HybridClock, mac_envelope, sign_envelope
 from tests.support.clock import Clock
 
 NOW = 1_800_000_000_000
@@ -84,6 +84,83 @@ def test_unsigned_and_forged_envelopes_are_dropped(fleet):
     moved = Envelope("b", "state", {"x": 2}, env.ts, id=env.id, sig=env.sig)
     assert a.admit(Message("t", moved.encode())) is None
     assert a.dropped["bad_signature"] == 2
+
+
+def test_pair_keys_agree_between_the_two_and_differ_for_anyone_else(fleet, tmp_path):
+    ca, ids = fleet
+    enroll(tmp_path / "c", ca, "c", now_ms=NOW, days=10)
+    c = Identity.load(tmp_path / "c")
+    ab = ids["a"].pair_key(ids["b"].certificate.box_key)
+    assert len(ab) == 32
+    assert ab == ids["b"].pair_key(ids["a"].certificate.box_key)
+    assert ab != c.pair_key(ids["b"].certificate.box_key)
+    assert ab != ids["a"].pair_key(c.certificate.box_key)
+
+
+def test_a_reply_maced_for_us_is_accepted_and_nobody_else_can_check_or_forge_it(
+        fleet, tmp_path):
+    ca, ids = fleet
+    enroll(tmp_path / "c", ca, "c", now_ms=NOW, days=10)
+    clock = Clock(NOW)
+    a, b = make_channel(ids["a"], clock), make_channel(ids["b"], clock)
+    c = make_channel(Identity.load(tmp_path / "c"), clock)
+    for x, y in ((a, b), (b, a), (c, b), (b, c), (c, a)):
+        x.admit(birth_message(y))  # everyone knows everyone's certificate
+    reply = b.seal("reply", {"re": "r1", "ok": True}, mac_for="a")
+    assert reply.mac is not None and reply.sig is None
+    wire = reply.encode()
+    assert b'"mac":' in wire and b'"sig":' not in wire
+    assert c.admit(Message("t", wire)) is None  # c's key with b is another key
+    assert c.dropped["bad_signature"] == 1
+    assert a.admit(Message("t", wire)).body == {"re": "r1", "ok": True}
+    assert a.admit(Message("t", wire)) is None  # the replay guard still holds
+    assert a.dropped["replay"] == 1
+    # A MAC moved onto a changed body, and one made by c claiming to be b.
+    other = b.seal("reply", {"re": "r2", "ok": True}, mac_for="a")
+    moved = Envelope("b", "reply", {"re": "r2", "ok": False}, other.ts, id=other.id,
+                     mac=other.mac)
+    assert a.admit(Message("t", moved.encode())) is None
+    forged = c.seal("reply", {"re": "r3", "ok": True}, mac_for="a")
+    forged = Envelope("b", "reply", forged.body, forged.ts, id=forged.id, mac=forged.mac)
+    assert a.admit(Message("t", forged.encode())) is None
+    assert a.dropped["bad_signature"] == 2
+
+
+def test_only_replies_may_be_maced(fleet):
+    _, ids = fleet
+    clock = Clock(NOW)
+    a, b = make_channel(ids["a"], clock), make_channel(ids["b"], clock)
+    a.admit(birth_message(b))
+    b.admit(birth_message(a))
+    with pytest.raises(ValueError, match="only replies"):
+        b.seal("state", {}, mac_for="a")
+    # A state MACed under the right pair key is still refused: it must be signed.
+    key = ids["b"].pair_key(ids["a"].certificate.box_key)
+    env = Envelope("b", "state", {"x": 1}, [NOW, 0])
+    env = mac_envelope(env, key)
+    assert a.admit(Message("t", env.encode())) is None
+    assert a.dropped["unsigned"] == 1
+
+
+def test_a_reply_for_a_peer_whose_certificate_is_unknown_is_signed(fleet):
+    _, ids = fleet
+    clock = Clock(NOW)
+    a, b = make_channel(ids["a"], clock), make_channel(ids["b"], clock)
+    a.admit(birth_message(b))
+    reply = b.seal("reply", {"ok": True}, mac_for="a")  # b never saw a's certificate
+    assert reply.sig is not None and reply.mac is None
+    assert a.admit(Message("t", reply.encode())).body == {"ok": True}
+
+
+def test_a_blocked_sender_s_maced_reply_is_refused(fleet):
+    _, ids = fleet
+    clock = Clock(NOW)
+    a, b = make_channel(ids["a"], clock), make_channel(ids["b"], clock)
+    a.admit(birth_message(b))
+    b.admit(birth_message(a))
+    a.trust.set_blocked({"b": None}, {})
+    assert a.admit(Message("t", b.seal("reply", {}, mac_for="a").encode())) is None
+    assert a.dropped["blocked"] == 1
 
 
 def test_certificate_from_a_foreign_ca_is_refused(fleet):
