@@ -183,6 +183,7 @@ class MqttTransport(Transport):
         self._sock: Any = None
         self._writer_on = False
         self._flush_due = False
+        self._reading = False  # in _on_readable: it writes what the burst queued at its end
         self._connected = False
         self._ever_connected = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -556,15 +557,24 @@ class MqttTransport(Transport):
         # does): keep reading while the socket has more, so a burst takes one wake-up
         # rather than a loop turn per packet, up to a bound so a busy socket cannot
         # starve the loop. TLS may hold decrypted bytes the kernel no longer reports
-        # as readable.
-        for _ in range(_READ_BURST):
-            client.loop_read()
-            sock = client.socket()
-            if sock is None or sock is not self._sock:
-                return
-            if not (isinstance(sock, ssl.SSLSocket) and sock.pending()) \
-                    and not select.select((sock,), (), (), 0)[0]:
-                return
+        # as readable. What the burst queued (replies, PUBACKs) is written at its
+        # end, before the loop runs anything else: a process with many
+        # connections (a gateway, a bench) would otherwise hold every reply until
+        # all its sockets were read.
+        self._reading = True
+        try:
+            for _ in range(_READ_BURST):
+                client.loop_read()
+                sock = client.socket()
+                if sock is None or sock is not self._sock:
+                    return
+                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()) \
+                        and not select.select((sock,), (), (), 0)[0]:
+                    return
+        finally:
+            self._reading = False
+            if self._flush_due:
+                self._flush_writes()
 
     def _on_writable(self, client: paho.Client) -> None:
         client.loop_write()
@@ -606,14 +616,16 @@ class MqttTransport(Transport):
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         # From the connect worker we ignore it: _watch_socket flushes after connect().
         # On the loop, everything queued in this turn (replies, PUBACKs) is written
-        # at the start of the next one, straight to the socket: a writer registered
-        # and removed with the selector for each packet cost more than the write.
-        # Only a full socket buffer gets a writer (see _flush_writes).
+        # at the start of the next one (or at the end of the read burst that queued
+        # it), straight to the socket: a writer registered and removed with the
+        # selector for each packet cost more than the write. Only a full socket
+        # buffer gets a writer (see _flush_writes).
         if self._on_loop_thread() and sock is self._sock and not self._writer_on \
                 and not self._flush_due:
-            assert self._loop is not None
-            self._loop.call_soon(self._flush_writes)
             self._flush_due = True
+            if not self._reading:
+                assert self._loop is not None
+                self._loop.call_soon(self._flush_writes)
 
     def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._on_loop_thread() and sock is self._sock and self._writer_on:
