@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from agent.errors import TransportError
@@ -189,7 +189,7 @@ class Transport(abc.ABC):
             except Exception:
                 log.exception("connection listener %r failed", listener)
 
-    def _dispatch(self, handlers: list[Handler], message: Message) -> None:
+    def _dispatch(self, handlers: Sequence[Handler], message: Message) -> None:
         """Run each handler; one that raises is logged and counted, never fatal."""
         self.stats.received += 1
         for handler in handlers:

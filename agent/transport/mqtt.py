@@ -47,7 +47,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,10 +145,20 @@ class _Filter:
 
     sub_id: int
     handlers: dict[Subscription, int] = field(default_factory=dict)
+    callbacks: tuple[Handler, ...] = ()  # the handlers' callables, what a delivery runs
 
     @property
     def qos(self) -> int:
         return max(self.handlers.values(), default=0)
+
+    def set(self, sub: Subscription, qos: int | None) -> bool:
+        """Add ``sub`` (with ``qos``) or, with None, remove it; False if it was not here."""
+        if qos is not None:
+            self.handlers[sub] = qos
+        elif self.handlers.pop(sub, None) is None:
+            return False
+        self.callbacks = tuple(s.handler for s in self.handlers)
+        return True
 
 
 class MqttTransport(Transport):
@@ -708,7 +718,7 @@ class MqttTransport(Transport):
             return
         self._dispatch(handlers, message)
 
-    def _handlers_for(self, topic: str, sub_ids: list[int] | None) -> list[Handler]:
+    def _handlers_for(self, topic: str, sub_ids: list[int] | None) -> Sequence[Handler]:
         """Handlers for one delivered copy.
 
         On MQTT 5 the broker sends a copy per matching subscription, tagged
@@ -722,11 +732,14 @@ class MqttTransport(Transport):
             handlers: list[Handler] = []
             for sub_id in sub_ids:
                 topic_filter = self._by_sub_id.get(sub_id)
-                if topic_filter is not None and matches(topic_filter, topic):
-                    handlers.extend(s.handler for s in self._filters[topic_filter].handlers)
+                if topic_filter is not None and (topic_filter == topic
+                                                 or matches(topic_filter, topic)):
+                    if len(sub_ids) == 1:  # the usual case: no list to build
+                        return self._filters[topic_filter].callbacks
+                    handlers.extend(self._filters[topic_filter].callbacks)
             return handlers
-        return [s.handler for f, entry in self._filters.items() if matches(f, topic)
-                for s in entry.handlers]
+        return [h for f, entry in self._filters.items() if matches(f, topic)
+                for h in entry.callbacks]
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
@@ -859,7 +872,7 @@ class MqttTransport(Transport):
         entry = self._filters.get(topic_filter)
         if entry is None:
             entry = self._filters[topic_filter] = _Filter(self._claim_sub_id(topic_filter))
-        entry.handlers[sub] = qos
+        entry.set(sub, qos)
         self._unsub_later.discard(topic_filter)
         if self._connected:
             codes = None
@@ -904,7 +917,7 @@ class MqttTransport(Transport):
 
     def _cancel(self, sub: Subscription) -> None:
         entry = self._filters.get(sub.filter)
-        if entry is None or entry.handlers.pop(sub, None) is None:
+        if entry is None or not entry.set(sub, None):
             return
         if entry.handlers:
             return
