@@ -237,6 +237,29 @@ async def test_publishes_of_one_turn_are_written_without_registering_a_writer(
     assert registered == []
 
 
+async def test_a_reply_made_while_reading_is_written_before_the_loop_runs_anything_else(
+        broker, async_cleanup, topic):
+    # A process with many connections (a gateway, the bus bench) reads them all in
+    # one loop turn: a reply must not wait until every other socket was read.
+    asker = await started(async_cleanup, broker.client_settings("burst-ask"))
+    echo = await started(async_cleanup, broker.client_settings("burst-echo"))
+    replies = Inbox()
+    await asker.subscribe(f"{topic}/reply", replies, qos=1)
+    loop = asyncio.get_running_loop()
+    unwritten: list[bool] = []
+
+    def answer(message):
+        # Queued ahead of the reply: it runs after whatever the read burst wrote.
+        loop.call_soon(lambda: unwritten.append(echo._client.want_write()))
+        echo.publish_nowait(f"{topic}/reply", message.payload, qos=1)
+
+    await echo.subscribe(f"{topic}/ask", answer, qos=1)
+    for i in range(5):
+        await asker.publish(f"{topic}/ask", b"%d" % i, qos=1)
+        await replies.wait_for(i + 1)
+    assert unwritten == [False] * 5
+
+
 @pytest.mark.parametrize(("response_topic", "correlation"), [
     ("igris/lab/reply/op/r1", b"r1"), (None, b"\x00" * 300), ("t/" + "x" * 200, None),
     ("", b"")])
