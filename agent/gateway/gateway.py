@@ -20,7 +20,7 @@ capability. Signed bus commands to the gateway
 reach the devices: ``lite.cmd`` (read-only: ping, status, gpio.read) and
 ``lite.gpio.write`` (operators and schedulers) become a MAC'd command on
 ``lite/<device>/cmd`` naming the device's session, and the device's MAC'd
-reply comes back as the gateway's signed reply.
+reply comes back as the gateway's own bus reply.
 """
 
 from __future__ import annotations
