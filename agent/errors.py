@@ -210,3 +210,7 @@ class PlannerError(OrchestratorError):
 
 class TaskFailed(OrchestratorError):
     """A task ran and failed: a refused command, a missing input, a lost node, no node fits."""
+
+
+class TaskTimedOut(TaskFailed):
+    """A task outlived its ``timeout_s`` (raised by a handler that enforces it itself)."""

@@ -2,7 +2,8 @@
 
 One dispatch loop per runner leases as many ready tasks as it has free slots
 (``concurrency``), only of the kinds it has handlers for, and runs each as a
-named asyncio task, cancelled if it outlives its ``timeout_s``. While handlers
+named asyncio task, cancelled if it outlives its ``timeout_s`` (plus ``grace_s``, for
+handlers that enforce the timeout themselves and need time to say so). While handlers
 run, one keeper task extends their leases every third of ``lease_s``, so a live
 runner keeps its work and a dead one's leases expire. The outcome is reported
 to the queue: the handler's return value completes the task; an exception (an
@@ -33,7 +34,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from agent.errors import IgrisError, TaskInvalid
+from agent.errors import IgrisError, TaskInvalid, TaskTimedOut
 from agent.orchestrator.models import Task
 from agent.orchestrator.queue import TaskQueue
 
@@ -43,7 +44,8 @@ Handler = Callable[[Task], Awaitable[Any]]
 """Runs one task of its kind; returns the JSON result, raises to fail the attempt."""
 
 COUNTERS = ("started", "done", "failed", "timeouts", "lost", "expired", "errors")
-"""started/done/failed: attempts; timeouts: failed by timeout_s; lost: leases lost mid-run;
+"""started/done/failed: attempts; timeouts: failed by timeout_s (the runner's or a handler's
+``TaskTimedOut``); lost: leases lost mid-run;
 expired: other leases this runner's sweeps returned to the queue; errors: dispatch errors."""
 
 
@@ -53,7 +55,7 @@ class TaskRunner:
     def __init__(self, queue: TaskQueue, handlers: Mapping[str, Handler], *, owner: str,
                  now_ms: Callable[[], int], concurrency: int = 2, lease_s: float = 30.0,
                  poll_s: float = 1.0, idle_poll_s: float = 30.0,
-                 expire_every_s: float = 5.0) -> None:
+                 expire_every_s: float = 5.0, grace_s: float = 0.0) -> None:
         if not isinstance(owner, str) or not owner:
             raise TaskInvalid(f"a runner needs an owner name (its device id), got {owner!r}")
         if not isinstance(concurrency, int) or concurrency < 1:
@@ -62,6 +64,8 @@ class TaskRunner:
                             ("idle_poll_s", idle_poll_s), ("expire_every_s", expire_every_s)):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise TaskInvalid(f"{name} must be a positive number of seconds, got {value!r}")
+        if not isinstance(grace_s, (int, float)) or grace_s < 0:
+            raise TaskInvalid(f"grace_s must be a number of seconds >= 0, got {grace_s!r}")
         self._queue = queue
         self._handlers = dict(handlers)
         self._owner = owner
@@ -71,6 +75,7 @@ class TaskRunner:
         self._poll_s = poll_s
         self._idle_poll_s = idle_poll_s
         self._expire_every_ms = round(expire_every_s * 1000)
+        self._grace_s = grace_s
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -154,7 +159,8 @@ class TaskRunner:
             run = asyncio.create_task(self._run(task), name=f"igris.orchestrator.task[{task.id}]")
             self._running[task.id] = run
             # A timer, not wait_for: no extra task per run, and one cancel path for all.
-            timer = loop.call_later(task.spec.timeout_s, self._cancel_run, task.id, "timeout")
+            timer = loop.call_later(task.spec.timeout_s + self._grace_s, self._cancel_run,
+                                    task.id, "timeout")
             run.add_done_callback(lambda _, timer=timer: timer.cancel())
 
     async def _keep_leases(self) -> None:
@@ -205,6 +211,9 @@ class TaskRunner:
         """Run the handler and report success; the error text if the attempt failed."""
         try:
             result = await self._handlers[task.spec.kind](task)
+        except TaskTimedOut as exc:
+            self._counters["timeouts"] += 1
+            return str(exc)
         except IgrisError as exc:  # says what went wrong in its own words
             return str(exc)
         except Exception as exc:  # a bug or a plugin's error: keep its type

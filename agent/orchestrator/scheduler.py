@@ -35,7 +35,7 @@ from dataclasses import replace
 from typing import Any
 
 from agent.bus import ROLES_MUTATE, Arg, CommandCall, CommandSpec
-from agent.errors import CommandFailed, CommandRefused, TaskFailed, TaskInvalid
+from agent.errors import CommandFailed, CommandRefused, TaskFailed, TaskInvalid, TaskTimedOut
 from agent.orchestrator.kinds import TASK_ROLE, KindHandler
 from agent.orchestrator.models import MAX_TIMEOUT_S, Placement, Plan, Task, TaskSpec
 from agent.orchestrator.placement import Decision, NodeView, Thresholds, place
@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 TASK_RUN = "task.run"
 DISPATCH_GRACE_S = 5.0
-"""A dispatched task's request waits this much beyond the task's timeout for the reply."""
+"""A dispatched task's request waits this much beyond the task's timeout for the reply: the
+device enforces the timeout and answers why; only silence fails the attempt here."""
 SERVED_KEPT = 256
 """Attempts a device remembers (running or finished) to answer a repeat with their outcome."""
 
@@ -68,7 +69,8 @@ class Scheduler:
                  nodes: Callable[[], Iterable[NodeView]], thresholds: Callable[[], Thresholds],
                  dispatch: Dispatch | None, now_ms: Callable[[], int],
                  plugins: Callable[[], Mapping[str, KindHandler]] | None = None,
-                 concurrency: int = 8, lease_s: float = 30.0, poll_s: float = 1.0):
+                 concurrency: int = 8, lease_s: float = 30.0, poll_s: float = 1.0,
+                 dispatch_grace_s: float = DISPATCH_GRACE_S):
         self.queue = queue
         self.kinds = dict(kinds)
         self._plugins = plugins
@@ -76,13 +78,14 @@ class Scheduler:
         self._nodes = nodes
         self._thresholds = thresholds
         self._dispatch = dispatch
+        self._grace_s = dispatch_grace_s
         self._running_on: Counter[str] = Counter()
         self._served: OrderedDict[tuple[str, str, int], asyncio.Task[Any]] = OrderedDict()
         self.counters: Counter[str] = Counter(placed_here=0, dispatched=0, unplaced=0,
                                               lost=0, reclaimed=0, served=0, repeats=0)
         self.runner = TaskRunner(queue, dict.fromkeys(self.kinds, self._run), owner=device_id,
                                  now_ms=now_ms, concurrency=concurrency, lease_s=lease_s,
-                                 poll_s=poll_s)
+                                 poll_s=poll_s, grace_s=dispatch_grace_s)
 
     async def start(self) -> None:
         """Take back the leases a previous run of this device left, then start placing."""
@@ -153,11 +156,19 @@ class Scheduler:
         try:
             if device == self.device_id:
                 self.counters["placed_here"] += 1
-                return await self.kinds[task.spec.kind](task.spec)
+                return await self._run_here(task.spec)
             self.counters["dispatched"] += 1
             return await self._run_on(device, task)
         finally:
             self._running_on[device] -= 1
+
+    async def _run_here(self, spec: TaskSpec) -> Any:
+        # The runner waits timeout_s plus the dispatch grace, so a task run here
+        # keeps its own timeout_s.
+        try:
+            return await asyncio.wait_for(self.kinds[spec.kind](spec), spec.timeout_s)
+        except asyncio.TimeoutError:
+            raise TaskTimedOut(f"timeout after {spec.timeout_s:g}s") from None
 
     async def _run_on(self, device: str, task: Task) -> Any:
         assert self._dispatch is not None  # decide() placed remotely only with a dispatcher
@@ -165,7 +176,7 @@ class Scheduler:
             return await self._dispatch(
                 device, TASK_RUN,
                 {"id": task.id, "attempt": task.attempts, "task": task.spec.to_dict()},
-                timeout=task.spec.timeout_s + DISPATCH_GRACE_S)
+                timeout=task.spec.timeout_s + self._grace_s)
         except CommandFailed as exc:
             if exc.code in ("dead", "left", "blocked", "timeout"):
                 self.counters["lost"] += 1

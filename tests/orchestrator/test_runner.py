@@ -10,7 +10,7 @@ import time
 import pytest
 
 from agent.db import Database
-from agent.errors import TaskInvalid
+from agent.errors import TaskInvalid, TaskTimedOut
 from agent.orchestrator import Plan, Task, TaskQueue, TaskRunner, TaskSpec
 from tests.support.clock import Clock
 from tests.support.waiting import until
@@ -77,6 +77,30 @@ async def test_a_handler_that_runs_too_long_is_timed_out(queue, clock, async_cle
     assert queue.get(task_id).error == "timeout after 0.05s"
     assert cancelled.is_set()
     assert (runner.counters()["timeouts"], runner.counters()["failed"]) == (1, 1)
+
+
+async def test_a_grace_lets_a_handler_that_enforces_its_timeout_report_it(
+        queue, clock, async_cleanup):
+    async def late(task):  # finishes after timeout_s but within the grace
+        await asyncio.sleep(0.1)
+        return {"late": True}
+
+    async def says_timeout(task):  # enforces the timeout itself (a dispatch does)
+        raise TaskTimedOut("on pi-02: did not finish in 0.05 s")
+
+    late_id, told_id = queue.submit(Plan.from_dict({"goal": "g", "tasks": [
+        {"id": "late", "kind": "late", "timeout_s": 0.05, "retries": 0},
+        {"id": "told", "kind": "told", "timeout_s": 0.05, "retries": 0}]}))
+    runner = make_runner(queue, clock, {"late": late, "told": says_timeout}, async_cleanup,
+                         grace_s=1.0)
+    await runner.start()
+    await until(lambda: queue.get(late_id).state == "done"
+                and queue.get(told_id).state == "dead")
+    assert queue.get(late_id).result == {"late": True}
+    assert queue.get(told_id).error == "on pi-02: did not finish in 0.05 s"
+    assert (runner.counters()["timeouts"], runner.counters()["failed"]) == (1, 1)
+    with pytest.raises(TaskInvalid, match="grace_s"):
+        TaskRunner(queue, {}, owner="x", now_ms=clock, grace_s=-1)
 
 
 async def test_a_failing_handler_is_retried_then_dead_lettered_with_its_error(

@@ -9,6 +9,8 @@ case shows one rule. Real Mosquitto and membership: tests/orchestrator/test_agen
 
 from __future__ import annotations
 
+import asyncio
+import time
 import warnings
 
 import pytest
@@ -28,6 +30,7 @@ from agent.transport import InprocBroker
 from tests.memory.test_sharing import TOPICS, Node
 from tests.support.waiting import until
 
+GRACE_S = 1.0  # how long past a task's timeout the scheduler waits for a device's answer
 POLICY = {"orchestration": {"min_battery_percent": 25, "max_celsius": 75,
                             "max_cpu_percent": 85}}
 
@@ -55,6 +58,11 @@ class TaskNode(Node):
                 config=lambda: {}, led=self.led, outputs=outputs, input_names=(),
                 read_inputs=lambda: {}, restart=lambda: None, now_ms=wall_ms)):
             self.registry.add(spec)
+
+        async def stall(_call):  # a command that outlives any task's timeout
+            await asyncio.sleep(60)
+
+        self.registry.add(CommandSpec("stall", stall, "never answers in time", timeout_s=60))
         self.queue = TaskQueue(self.db, now_ms=wall_ms, rand=lambda: 0.0)
 
         async def no_models(_request):
@@ -70,7 +78,7 @@ class TaskNode(Node):
             self.queue, kinds, device_id=ident.device_id, nodes=lambda: self.views,
             thresholds=lambda: Thresholds.from_policy(POLICY["orchestration"]),
             dispatch=self.bus.request_one if ident.role == "scheduler" else None,
-            now_ms=wall_ms, poll_s=0.05)
+            now_ms=wall_ms, poll_s=0.05, dispatch_grace_s=GRACE_S)
         self.registry.add(self.scheduler.run_command())
 
     async def sample(self):
@@ -210,6 +218,30 @@ async def test_refusals_on_the_device_fail_the_attempt_with_their_reason(nodes):
     (tid,) = sched.scheduler.submit(bad)
     task = await finished(sched, tid)
     assert task.state == "dead" and "on b:" in task.error and "gpio.write" in task.error
+
+
+async def test_a_device_that_times_a_task_out_says_so_within_the_grace(nodes):
+    nodes = await nodes()
+    sched = nodes["sched"]
+    sched.views = [alive("b")]
+    (tid,) = sched.scheduler.submit(spec("s", "command", {"command": "stall"},
+                                         timeout_s=0.3, retries=0))
+    task = await finished(sched, tid)
+    # b's own timeout answered, within the grace: not the scheduler's "timeout after".
+    assert task.state == "dead" and task.error.startswith("on b:")
+    assert "did not finish in 0.3 s" in task.error
+
+
+async def test_a_task_run_here_keeps_its_own_timeout(nodes):
+    nodes = await nodes()
+    sched = nodes["sched"]  # sees only itself
+    started = time.monotonic()
+    (tid,) = sched.scheduler.submit(spec("s", "command", {"command": "stall"},
+                                         timeout_s=0.3, retries=0))
+    task = await finished(sched, tid)
+    assert task.error == "timeout after 0.3s" and task.placement.device == "sched"
+    assert time.monotonic() - started < 0.3 + GRACE_S  # not the dispatch's grace on top
+    assert sched.scheduler.runner.counters()["timeouts"] == 1
 
 
 async def test_task_run_is_refused_to_a_device_role_caller(nodes):
