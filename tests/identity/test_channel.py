@@ -32,6 +32,15 @@ def make_channel(ident, clock, transport=None, **kw):
                          hlc=HybridClock(clock), now_ms=clock, **kw)
 
 
+def acquainted(ids):
+    """Channels of devices a and b, each holding the other's certificate."""
+    clock = Clock(NOW)
+    a, b = make_channel(ids["a"], clock), make_channel(ids["b"], clock)
+    a.admit(birth_message(b))
+    b.admit(birth_message(a))
+    return a, b
+
+
 def birth_message(channel, retain=True):
     env = channel.seal("state", {"session": 1, "cert": channel.identity.certificate.to_dict()})
     return Message("igris/lab/node/x/state", env.encode(), qos=1, retain=retain)
@@ -128,10 +137,7 @@ def test_a_reply_maced_for_us_is_accepted_and_nobody_else_can_check_or_forge_it(
 
 def test_only_replies_may_be_maced(fleet):
     _, ids = fleet
-    clock = Clock(NOW)
-    a, b = make_channel(ids["a"], clock), make_channel(ids["b"], clock)
-    a.admit(birth_message(b))
-    b.admit(birth_message(a))
+    a, b = acquainted(ids)
     with pytest.raises(ValueError, match="only replies"):
         b.seal("state", {}, mac_for="a")
     # A state MACed under the right pair key is still refused: it must be signed.
@@ -154,10 +160,7 @@ def test_a_reply_for_a_peer_whose_certificate_is_unknown_is_signed(fleet):
 
 def test_a_blocked_sender_s_maced_reply_is_refused(fleet):
     _, ids = fleet
-    clock = Clock(NOW)
-    a, b = make_channel(ids["a"], clock), make_channel(ids["b"], clock)
-    a.admit(birth_message(b))
-    b.admit(birth_message(a))
+    a, b = acquainted(ids)
     a.trust.set_blocked({"b": None}, {})
     assert a.admit(Message("t", b.seal("reply", {}, mac_for="a").encode())) is None
     assert a.dropped["blocked"] == 1

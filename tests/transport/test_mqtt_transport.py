@@ -25,6 +25,16 @@ async def started(async_cleanup, settings, **kw) -> MqttTransport:
     return transport
 
 
+async def linked(async_cleanup, broker, name, topic_filter):
+    """A sender and a receiver (client ids ``<name>-tx`` and ``<name>-rx``), and the
+    receiver's inbox for ``topic_filter`` (QoS 1)."""
+    sender = await started(async_cleanup, broker.client_settings(f"{name}-tx"))
+    receiver = await started(async_cleanup, broker.client_settings(f"{name}-rx"))
+    inbox = Inbox()
+    await receiver.subscribe(topic_filter, inbox, qos=1)
+    return sender, receiver, inbox
+
+
 async def test_client_socket_has_tcp_nodelay(broker, async_cleanup):
     t = await started(async_cleanup, broker.client_settings("nodelay"))
     # White-box on purpose: the option lives on paho's socket and nothing else shows it.
@@ -193,10 +203,7 @@ async def test_a_burst_larger_than_the_socket_buffer_arrives_whole_and_in_order(
         broker, async_cleanup, topic):
     # Publishes of one loop turn are written together on the next; what the
     # socket cannot take then waits for the selector to say it is writable.
-    sender = await started(async_cleanup, broker.client_settings("burst-tx"))
-    receiver = await started(async_cleanup, broker.client_settings("burst-rx"))
-    inbox = Inbox()
-    await receiver.subscribe(f"{topic}/burst", inbox, qos=1)
+    sender, _, inbox = await linked(async_cleanup, broker, "burst", f"{topic}/burst")
     # A small send buffer, so a burst fills it for sure (white-box: paho's socket).
     sender._client.socket().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
     size, count = 60_000, 50
@@ -219,10 +226,7 @@ async def test_a_burst_larger_than_the_socket_buffer_arrives_whole_and_in_order(
 
 async def test_publishes_of_one_turn_are_written_without_registering_a_writer(
         broker, async_cleanup, topic):
-    sender = await started(async_cleanup, broker.client_settings("turn-tx"))
-    receiver = await started(async_cleanup, broker.client_settings("turn-rx"))
-    inbox = Inbox()
-    await receiver.subscribe(f"{topic}/turn", inbox, qos=1)
+    sender, _, inbox = await linked(async_cleanup, broker, "turn", f"{topic}/turn")
     loop = asyncio.get_running_loop()
     registered = []
     add_writer = loop.add_writer
@@ -241,10 +245,7 @@ async def test_a_reply_made_while_reading_is_written_before_the_loop_runs_anythi
         broker, async_cleanup, topic):
     # A process with many connections (a gateway, the bus bench) reads them all in
     # one loop turn: a reply must not wait until every other socket was read.
-    asker = await started(async_cleanup, broker.client_settings("burst-ask"))
-    echo = await started(async_cleanup, broker.client_settings("burst-echo"))
-    replies = Inbox()
-    await asker.subscribe(f"{topic}/reply", replies, qos=1)
+    echo, asker, replies = await linked(async_cleanup, broker, "echo", f"{topic}/reply")
     loop = asyncio.get_running_loop()
     unwritten: list[bool] = []
 
