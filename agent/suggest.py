@@ -11,3 +11,10 @@ def close_match(name: str, known: Iterable[str]) -> str | None:
 
     matches = difflib.get_close_matches(name, list(known), n=1)
     return matches[0] if matches else None
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` to append to an error about ``name``, or ``""`` when no
+    known name is close."""
+    close = close_match(name, known)
+    return f" (did you mean {close!r}?)" if close else ""

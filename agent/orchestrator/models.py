@@ -27,7 +27,7 @@ from typing import Any
 
 from agent.compat import canonical_json
 from agent.errors import PlanInvalid, TaskInvalid
-from agent.suggest import close_match
+from agent.suggest import did_you_mean
 
 MAX_ARGS_BYTES = 16 * 1024
 """Canonical JSON of a task's ``args``: arguments, not payloads (those go in memory)."""
@@ -86,10 +86,9 @@ class TaskState:
 def check_state(state: str) -> str:
     """Return ``state`` if it is a task state, else raise :class:`TaskInvalid`."""
     if state not in TaskState.ALL:
-        hint = close_match(str(state), TaskState.ALL)
         raise TaskInvalid(
             f"unknown task state {state!r}"
-            + (f" (did you mean {hint!r}?)" if hint else "")
+            + did_you_mean(str(state), TaskState.ALL)
             + f"; states are {', '.join(TaskState.ALL)}"
         )
     return state
@@ -143,9 +142,8 @@ def _unknown_keys(d: Mapping[str, Any], known: Iterable[str], where: str) -> lis
     problems = []
     for key in d:
         if key not in known:
-            hint = close_match(str(key), known)
             problems.append(f"{where}unknown key {key!r}"
-                            + (f" (did you mean {hint!r}?)" if hint else "")
+                            + did_you_mean(str(key), known)
                             + f"; keys are {', '.join(known)}")
     return problems
 
@@ -440,9 +438,9 @@ def _plan_problems(goal: object, tasks: Iterable[TaskSpec], count: int | None = 
         seen.add(spec.id)
         for dep in spec.after:
             if dep not in present:
-                hint = close_match(dep, sorted(i for i in present if isinstance(i, str)))
+                ids = sorted(i for i in present if isinstance(i, str))
                 problems.append(f"task {spec.id!r}: after names {dep!r}, not a task of this plan"
-                                + (f" (did you mean {hint!r}?)" if hint else ""))
+                                + did_you_mean(dep, ids))
     _, cycles = _topological(tasks)
     problems += [f"plan: cycle {' -> '.join(cycle)} (each waits on the next)"
                  for cycle in cycles]

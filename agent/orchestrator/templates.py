@@ -63,7 +63,7 @@ from typing import Any
 
 from agent.errors import ConfigInvalid, PlanInvalid, PlannerError
 from agent.orchestrator.models import MAX_PLAN_TASKS
-from agent.suggest import close_match
+from agent.suggest import did_you_mean
 
 MAX_DEPTH = 8
 """How many levels of templates may nest (a template using none is one level)."""
@@ -187,10 +187,9 @@ class Template:
         problems = []
         for name in given:
             if self.param(name) is None:
-                hint = close_match(name, [p.name for p in self.params])
                 known = ", ".join(p.name for p in self.params) or "none"
                 problems.append(f"{where}: no param {name!r}"
-                                + (f" (did you mean {hint!r}?)" if hint else "")
+                                + did_you_mean(name, [p.name for p in self.params])
                                 + f"; its params: {known}")
         for param in self.params:
             if param.name not in given:
@@ -282,9 +281,8 @@ class TemplateSet:
 
     def unknown(self, name: str) -> PlannerError:
         """The error for a goal naming no template: the closest name, and every name."""
-        hint = close_match(name, self._templates)
         return PlannerError(
-            f"no plan template {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+            f"no plan template {name!r}" + did_you_mean(name, self._templates)
             + f"; templates: {', '.join(self.names()) or 'none'}")
 
     def expand(self, name: str, params: Mapping[str, Any], *, goal: str | None = None
@@ -351,15 +349,13 @@ class TemplateSet:
         where = f"{source}: template {template.name!r} step {step['id']!r}"
         used = self._templates.get(step["use"])
         if used is None:
-            hint = close_match(step["use"], self._templates)
             raise ConfigInvalid(f"{where} uses unknown template {step['use']!r}"
-                                + (f" (did you mean {hint!r}?)" if hint else ""))
+                                + did_you_mean(step["use"], self._templates))
         given = step.get("with", {})
         for name in given:
             if used.param(name) is None:
-                hint = close_match(name, [p.name for p in used.params])
                 raise ConfigInvalid(f"{where}: template {used.name!r} has no param {name!r}"
-                                    + (f" (did you mean {hint!r}?)" if hint else ""))
+                                    + did_you_mean(name, [p.name for p in used.params]))
         missing = [p.name for p in used.params if p.required and p.name not in given]
         if missing:
             raise ConfigInvalid(f"{where}: 'with' lacks required param(s) "
@@ -418,9 +414,8 @@ def _check_step(step: Any, index: int, seen: set[str], params: set[str], where: 
     for value in (v for k, v in step.items() if k not in (*_LITERAL_KEYS, "use")):
         for name in _placeholders(value):
             if name not in params:
-                hint = close_match(name, params)
                 raise ConfigInvalid(f"{here}: placeholder {{{name}}} names no param"
-                                    + (f" (did you mean {hint!r}?)" if hint else ""))
+                                    + did_you_mean(name, params))
     seen.add(step_id)
 
 
@@ -468,7 +463,6 @@ def _parse_number(text: str) -> Any:
 def _refuse_unknown(doc: Mapping[str, Any], known: Sequence[str], where: str) -> None:
     for key in doc:
         if key not in known:
-            hint = close_match(key, known)
             raise ConfigInvalid(f"{where}: unknown key {key!r}"
-                                + (f" (did you mean {hint!r}?)" if hint else "")
+                                + did_you_mean(key, known)
                                 + f"; known keys: {', '.join(known)}")
