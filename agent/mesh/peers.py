@@ -77,8 +77,6 @@ class RelayedPeer:
     session: int
     last_seen_ms: int
     changed_ms: int
-    groups: tuple[str, ...] = ()
-    caps: tuple[str, ...] = ()
 
     @classmethod
     def from_relay(cls, body: dict[str, Any]) -> RelayedPeer:
@@ -96,27 +94,22 @@ class RelayedPeer:
             value = body.get(name)
             if type(value) is not int or value < 0:
                 raise ValueError(f"relay field {name!r} must be an integer >= 0, got {value!r}")
-        lists = {}
-        for name in ("groups", "caps"):
-            value = body.get(name, [])
-            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-                raise ValueError(f"relay field {name!r} must be a list of names, got {value!r}")
-            lists[name] = tuple(value)
         return cls(body["device_id"], body["via"], body["state"], body["session"],
-                   body["last_seen_ms"], body["changed_ms"], **lists)
+                   body["last_seen_ms"], body["changed_ms"])
 
     def with_(self, **changes: Any) -> RelayedPeer:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The shape of :meth:`Peer.to_dict`, with ``lite`` and ``via``."""
+        """The shape of :meth:`Peer.to_dict`, with ``lite`` and ``via`` (a lite device is
+        in no group and has no capabilities: it has no certificate to say so)."""
         return {
             "device_id": self.device_id,
             "state": self.state,
             "session": self.session,
             "role": "lite",
-            "groups": list(self.groups),
-            "caps": list(self.caps),
+            "groups": [],
+            "caps": [],
             "info": {},
             "lite": True,
             "via": self.via,

@@ -202,7 +202,7 @@ async def test_malformed_or_misplaced_relays_are_dropped_and_counted(mesh: Any) 
         ("esp-1", {**good, "lite": False}),             # not a lite relay
         ("esp-1", {**good, "via": "n2"}),               # speaks for another gateway
         ("esp-2", good),                                # on another device's topic
-        ("esp-1", {**good, "groups": "lab"}),           # groups not a list
+        ("esp-1", {**good, "changed_ms": 1.5}),         # not an integer
     ]
     for lite, body in bad:
         await gw.channel.publish(gw.lite_topics.relay("gw", lite), "state", body, qos=1)
