@@ -6,6 +6,11 @@ and logs (never raises to the transport) anything that is over the size
 limit, not an envelope, unsigned or wrongly signed, from an unknown,
 expired or blocklisted key, outside the clock-skew window, or a replay.
 
+One exception to "signed": a ``reply`` may carry a ``mac`` instead, HMAC-SHA256
+under the key its sender shares with this device (:meth:`Identity.pair_key`);
+the bus's requests ask for those (docs/bus.md). The sender must still be
+trusted; any other kind with a ``mac`` is dropped as unsigned.
+
 A ``"cert"`` field in any envelope's body is checked against the trusted
 CAs and teaches the receiver the sender's key; the sender's key must still
 be trusted (not blocklisted, not expired, its CA not retired) when the
