@@ -72,6 +72,8 @@ _MAX_SUBSCRIPTION_ID = 268_435_455
 _RESPONSE_TOPIC = 0x08  # MQTT 5 property identifiers
 _CORRELATION_DATA = 0x09
 _READ_BURST = 32  # packets read per wake-up at most
+_JOIN_MAX_BYTES = 64 * 1024  # queued packets joined into one send() up to this size
+_PUBLISH, _DISCONNECT = 0x30, 0xE0  # MQTT packet types (high nibble of the first byte)
 
 
 class _PahoLog:
@@ -131,6 +133,57 @@ def _varint(n: int) -> bytes:
         out.append(digit | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+def _join_queued_packets(client: paho.Client) -> None:
+    """Join the packets paho has queued so that one ``send()`` writes several.
+
+    paho writes each queued packet with its own ``send()``: a device answering
+    a request writes its PUBACK and its reply, a caller the PUBACKs of a burst
+    of replies, each a system call and a TCP segment of its own (for the
+    broker too). A packet that needs nothing done once it is written (every
+    kind but a QoS 0 PUBLISH, whose ``on_publish`` fires then, and a
+    DISCONNECT) is joined to the one after it, which carries the bytes and
+    keeps its own bookkeeping; paho's partial writes go on as before.
+    ``_out_packet`` is paho's own queue (a deque of dicts): a paho whose
+    queue looks otherwise is left alone.
+    """
+    queue = getattr(client, "_out_packet", None)
+    if queue is None or len(queue) < 2:
+        return
+    try:
+        joined = _joined(queue)
+    except (KeyError, TypeError):
+        return
+    queue.clear()
+    queue.extend(joined)
+
+
+def _joined(packets: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    parts: list[bytes] = []
+    size = 0
+    for packet in packets:
+        if packet["pos"]:  # partly written already (only the head can be): as it is
+            out.append(packet)
+            continue
+        parts.append(packet["packet"])
+        size += len(packet["packet"])
+        kind = packet["command"] & 0xF0
+        if (kind == _PUBLISH and packet["qos"] == 0) or kind == _DISCONNECT \
+                or size >= _JOIN_MAX_BYTES:
+            out.append(_carrying(packet, parts))
+            parts, size = [], 0
+        else:
+            carrier = packet
+    if parts:
+        out.append(_carrying(carrier, parts))
+    return out
+
+
+def _carrying(packet: dict[str, Any], parts: list[bytes]) -> dict[str, Any]:
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    return {**packet, "packet": data, "to_process": len(data)}
 
 
 class _Outcome(enum.Enum):
@@ -587,6 +640,7 @@ class MqttTransport(Transport):
                 self._flush_writes()
 
     def _on_writable(self, client: paho.Client) -> None:
+        _join_queued_packets(client)
         client.loop_write()
 
     def _flush_writes(self) -> None:
@@ -596,6 +650,7 @@ class MqttTransport(Transport):
         client, sock = self._client, self._sock
         if client is None or sock is None or self._writer_on:
             return  # no connection, or the selector already waits to write
+        _join_queued_packets(client)
         client.loop_write()
         if client.want_write() and sock is self._sock and not self._writer_on:
             assert self._loop is not None

@@ -231,14 +231,22 @@ async def test_publishes_of_one_turn_are_written_without_registering_a_writer(
     registered = []
     add_writer = loop.add_writer
     loop.add_writer = lambda *a: (registered.append(a[0]), add_writer(*a))  # type: ignore
+    sends = []
+    send = sender._client._sock_send  # white-box: paho writes each packet with this
+    sender._client._sock_send = lambda data: (sends.append(len(data)), send(data))[1]
     try:
-        for i in range(20):
-            await sender.publish(f"{topic}/turn", b"%d" % i, qos=1)
-        got = await inbox.wait_for(20)
+        for i in range(20):  # QoS 1 and 0 mixed: a QoS 0 one is done once it is written
+            sender.publish_nowait(f"{topic}/turn", b"%d" % i, qos=1 if i % 3 else 0)
+        await sender.publish(f"{topic}/turn", b"20", qos=1)
+        got = await inbox.wait_for(21)
     finally:
         del loop.add_writer
-    assert [m.payload for m in got] == [b"%d" % i for i in range(20)]
+    assert [m.payload for m in got] == [b"%d" % i for i in range(21)]
     assert registered == []
+    # Joined: a send() per QoS 0 publish (its own bookkeeping runs when it is
+    # written) and one for the rest, not one per packet.
+    assert len(sends) == 8, sends
+    await asyncio.wait_for(sender._drained.wait(), 5)  # every PUBACK came back
 
 
 async def test_a_reply_made_while_reading_is_written_before_the_loop_runs_anything_else(
