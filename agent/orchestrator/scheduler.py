@@ -156,19 +156,13 @@ class Scheduler:
         try:
             if device == self.device_id:
                 self.counters["placed_here"] += 1
-                return await self._run_here(task.spec)
+                # The runner waits timeout_s plus the dispatch grace: here the task
+                # keeps its own timeout_s.
+                return await _within_timeout(task.spec, self.kinds[task.spec.kind])
             self.counters["dispatched"] += 1
             return await self._run_on(device, task)
         finally:
             self._running_on[device] -= 1
-
-    async def _run_here(self, spec: TaskSpec) -> Any:
-        # The runner waits timeout_s plus the dispatch grace, so a task run here
-        # keeps its own timeout_s.
-        try:
-            return await asyncio.wait_for(self.kinds[spec.kind](spec), spec.timeout_s)
-        except asyncio.TimeoutError:
-            raise TaskTimedOut(f"timeout after {spec.timeout_s:g}s") from None
 
     async def _run_on(self, device: str, task: Task) -> Any:
         assert self._dispatch is not None  # decide() placed remotely only with a dispatcher
@@ -224,9 +218,17 @@ class Scheduler:
     @staticmethod
     async def _serve(task_id: str, spec: TaskSpec, handler: KindHandler) -> Any:
         try:
-            return await asyncio.wait_for(handler(spec), spec.timeout_s)
-        except asyncio.TimeoutError:
+            return await _within_timeout(spec, handler)
+        except TaskTimedOut:
             raise CommandRefused("timeout", f"task {task_id} did not finish in "
                                             f"{spec.timeout_s:g} s") from None
         except (TaskFailed, TaskInvalid) as exc:
             raise CommandRefused("failed", str(exc)) from None
+
+
+async def _within_timeout(spec: TaskSpec, handler: KindHandler) -> Any:
+    """``handler(spec)``, or :class:`TaskTimedOut` once it outlives ``spec.timeout_s``."""
+    try:
+        return await asyncio.wait_for(handler(spec), spec.timeout_s)
+    except asyncio.TimeoutError:
+        raise TaskTimedOut(f"timeout after {spec.timeout_s:g}s") from None

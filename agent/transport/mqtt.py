@@ -161,8 +161,9 @@ def _join_queued_packets(client: paho.Client) -> None:
 
 def _joined(packets: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    parts: list[bytes] = []
+    parts: list[bytes] = []  # quiet packets waiting for the one that carries them
     size = 0
+    carrier: dict[str, Any] = {}
     for packet in packets:
         if packet["pos"]:  # partly written already (only the head can be): as it is
             out.append(packet)
